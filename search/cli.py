@@ -1,0 +1,166 @@
+"""The ``medseg-search`` command line (also ``python -m search``).
+
+Every user error is one line on stderr (``medseg-search: error: ...``) and exit
+status 2; failed trials give exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from search import __version__
+from trainables.errors import MedsegError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, value parsed as YAML); repeatable",
+    )
+    parser.add_argument(
+        "--name", help="experiment name (folder under storage_path); default: the config's name"
+    )
+    parser.add_argument(
+        "--new",
+        action="store_true",
+        help="start a fresh experiment (timestamped name) instead of resuming the one with this name",
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medseg-search",
+        description="Pretrain timm encoders with Ray Tune and score their transferability to "
+        "medical segmentation targets every epoch (arXiv 2410.18677).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="run (or resume) a pretraining search",
+        description="Run a Ray Tune search whose trials pretrain an encoder and report the robustness "
+        "score on every target set after every epoch. Rerunning the same command resumes it.",
+    )
+    _add_config_arguments(pretrain)
+    pretrain.set_defaults(handler=_cmd_pretrain)
+
+    score = commands.add_parser(
+        "score",
+        help="score existing checkpoint files",
+        description="Compute the robustness score of checkpoint files (ours, or plain timm state_dicts "
+        "in .pth or .safetensors) on a target set, outside a search.",
+    )
+    score.add_argument("--model", required=True, help="timm model name the checkpoints were trained with")
+    score.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE", help="checkpoint file(s)")
+    score.add_argument(
+        "--target",
+        required=True,
+        help="target set: a YAML file (a target mapping, or a config whose score.targets is used) "
+        "or a dataset folder in the generic layout (imagesTr/...)",
+    )
+    score.add_argument(
+        "--level", type=int, default=-2, help="feature level counted from the deepest (default -2)"
+    )
+    score.add_argument("--distance", choices=["cosine", "mse", "pearson"], default="cosine")
+    score.add_argument("--margin", type=float, default=0.5)
+    score.add_argument(
+        "--pooled",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="global-average-pool the feature map (default) or flatten it",
+    )
+    score.add_argument(
+        "--views",
+        choices=["paper", "per_image"],
+        default="paper",
+        help="jitter drawn once per view for all images (paper) or per image",
+    )
+    score.add_argument("--n-images", type=int, default=256, help="target images to sample (default 256)")
+    score.add_argument("--seed", type=int, default=0, help="seed of the image sample and the views")
+    score.add_argument(
+        "--image-size", type=int, help="resize target images to this size (default: timm's for the model)"
+    )
+    score.add_argument(
+        "--normalize",
+        choices=["imagenet", "scale_only"],
+        help="normalisation (default: timm's mean/std for the model)",
+    )
+    score.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    score.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    score.set_defaults(handler=_cmd_score)
+    return parser
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from search.config import load_experiment
+    from search.preflight import check_experiment
+    from search.pretrain_search import run_pretrain_search
+    from search.runtime import ray_session
+
+    overrides = list(args.overrides)
+    if args.name:
+        overrides.append(f"name={args.name}")
+    experiment = load_experiment(args.config, overrides)
+    if args.new:
+        stamped = f"{experiment.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment = load_experiment(args.config, overrides + [f"name={stamped}"])
+    check_experiment(experiment)
+    with ray_session(args.address):
+        summaries = run_pretrain_search(experiment)
+    print(f"\n{'trial':<48} {'epochs':>6} {'val_top1':>8} {'best R':>8} {'@epoch':>6}")
+    for s in summaries:
+        status = f"  ERROR: {s.error}" if s.error else ""
+        print(
+            f"{s.name:<48} {s.epochs:>6} {s.val_top1:>8.3f} "
+            f"{s.best_robustness:>8.4f} {s.best_epoch:>6}{status}"
+        )
+    print(f"\nresults, checkpoints and per-epoch metrics: {experiment.path}")
+    return 1 if any(s.error for s in summaries) else 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from search.scoring import as_json_rows, format_table, load_target, score_checkpoints
+
+    rows = score_checkpoints(
+        args.model,
+        args.checkpoint,
+        load_target(args.target),
+        n_images=args.n_images,
+        sample_seed=args.seed,
+        level=args.level,
+        pooled=args.pooled,
+        distance=args.distance,
+        margin=args.margin,
+        views=args.views,
+        view_seed=args.seed,
+        image_size=args.image_size,
+        normalize=args.normalize,
+        device=args.device,
+    )
+    print(json.dumps(as_json_rows(rows), indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return int(args.handler(args))
+    except MedsegError as exc:
+        print(f"medseg-search: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medseg-search: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,79 @@
+"""A real 2-trial Ray Tune search on the demo data (tiny model, few batches per epoch)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cli import main
+from trainables.checkpoints import load_training_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EPOCHS = 2
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, demo_data: dict[str, Path]) -> Path:
+    config = {
+        "name": "it",
+        "storage_path": str(tmp_path / "results"),
+        "classification": {"root": str(demo_data["mnist"]), "num_workers": 0},
+        "pretrain": {
+            "model": "resnet10t",
+            "epochs": EPOCHS,
+            "image_size": 32,
+            "batch_size": 16,
+            "micro_batch_size": 8,
+            "warmup_epochs": 1,
+            "train_batches_per_epoch": 2,
+            "val_batches": 1,
+        },
+        "score": {
+            "targets": [{"name": "brain", "root": str(demo_data["brain"])}],
+            "n_images": 8,
+            "image_size": 32,
+        },
+        "tune": {"grid": {"pretrain.recipe": ["simple", "advanced"]}, "cpus_per_trial": 1},
+    }
+    path = tmp_path / "it.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(d for d in experiment.iterdir() if (d / "result.json").exists())
+
+
+def test_two_trial_search_reports_robustness_and_a_checkpoint_every_epoch(
+    config_file, ray_session, capsys
+) -> None:
+    assert main(["pretrain", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    experiment = config_file.parent / "results" / "it"
+    trials = _trial_dirs(experiment)
+    assert len(trials) == 2
+    assert {"recipe=simple", "recipe=advanced"} == {t.name.split("_")[1] for t in trials}
+    for trial in trials:
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+        assert all(math.isfinite(r["robustness"]) and math.isfinite(r["val_top1"]) for r in rows)
+        checkpoints = sorted(trial.glob("checkpoint_*"))
+        assert [load_training_state(c)["epoch"] for c in checkpoints] == list(range(1, EPOCHS + 1))
+        assert f"epoch {EPOCHS}/{EPOCHS}" in out
+    assert (experiment / "medseg-config.yaml").exists()
+    assert str(experiment) in out
+
+    # The same command again finds the finished experiment and re-runs nothing.
+    assert main(["pretrain", "--config", str(config_file)]) == 0
+    assert "resuming experiment" in capsys.readouterr().out
+    for trial in trials:
+        assert len((trial / "result.json").read_text().splitlines()) == EPOCHS
+
+    # A changed config is refused with the list of changed keys.
+    assert main(["pretrain", "--config", str(config_file), "--set", "pretrain.lr=0.01"]) == 2
+    assert "changed: pretrain.lr" in capsys.readouterr().err

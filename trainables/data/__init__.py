@@ -1,0 +1,1 @@
+"""Data readers: classification sets in ImageNet's layout, and medical segmentation sets."""

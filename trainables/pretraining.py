@@ -1,0 +1,301 @@
+"""One pretraining trial, without Ray: restore, then per epoch train, evaluate, score, report.
+
+``run_pretraining`` is what the Ray Tune trainable (:mod:`trainables.pretrain`)
+runs; it takes a ``report(metrics, checkpoint_dir)`` callback and the training
+state to resume from, so it also runs (and is tested) without Ray.
+
+Resume contract: the checkpoint written after epoch e holds the model,
+optimizer, LR-schedule position, grad scaler, RNG states and the metric
+history; a run restored from it continues at epoch e + 1 and, on CPU, reports
+bitwise the same metrics (timings aside) as a run that was never interrupted.
+The LR horizon is always ``epochs``, also for trials a scheduler stops early.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from trainables.checkpoints import (
+    capture_rng,
+    read_weights,
+    restore_rng,
+    save_training_state,
+)
+from trainables.data.classification import (
+    ImageFolderDataset,
+    build_transforms,
+    index_split,
+    make_loader,
+    seed_epoch,
+)
+from trainables.data.segmentation import sample_target_images
+from trainables.errors import DataError
+from trainables.loops import LossFn, Precision, evaluate_classifier, train_epoch
+from trainables.models import create_classifier, load_backbone
+from trainables.settings import PretrainTrial, ScoreSettings
+from trainables.transferability import RobustnessProbe
+
+#: report(metrics, checkpoint_dir): called once per epoch; the folder is deleted afterwards.
+Reporter = Callable[[dict[str, Any], Path], None]
+
+#: Metrics that measure time, not results (they differ between identical runs).
+TIMING_METRICS = ("train_images_per_s", "epoch_time_s", "score_time_s")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class PretrainingRun:
+    """The live objects of one trial."""
+
+    trial: PretrainTrial
+    precision: Precision
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    val_loader: Any
+    classes: tuple[str, ...]
+    updates_per_epoch: int
+    compute_loss: LossFn
+    probes: dict[str, RobustnessProbe]
+    num_updates: int = 0
+
+    def step_schedule(self) -> None:
+        self.num_updates += 1
+        self.schedule.step_update(self.num_updates)
+
+    def state(self, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "num_updates": self.num_updates,
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "history": history,
+            "model_name": self.trial.pretrain.model,
+            "classes": list(self.classes),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.num_updates = int(state["num_updates"])
+        self.schedule.step_update(self.num_updates)
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+
+
+def build_probes(
+    score: ScoreSettings, mean: tuple[float, ...], std: tuple[float, ...]
+) -> dict[str, RobustnessProbe]:
+    """One probe per target set: its fixed image sample in two fixed views."""
+    probes = {}
+    for target in score.targets:
+        images = sample_target_images(
+            target.root,
+            n_images=score.n_images,
+            seed=score.sample_seed,
+            size=score.image_size,
+            slice_axis=target.slice_axis,
+        )
+        probes[target.name] = RobustnessProbe(
+            images,
+            mean=mean,
+            std=std,
+            views=score.views,
+            view_seed=score.view_seed,
+            level=score.level,
+            pooled=score.pooled,
+            distance=score.distance,
+            margin=score.margin,
+            batch_size=score.batch_size,
+        )
+    return probes
+
+
+def _loss_function(trial: PretrainTrial, num_classes: int) -> LossFn:
+    settings = trial.pretrain
+    if not settings.uses_mixup:
+        criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+        return lambda model, images, targets: criterion(model(images), targets)
+    mixup = Mixup(
+        mixup_alpha=settings.mixup_alpha,
+        cutmix_alpha=settings.cutmix_alpha,
+        label_smoothing=settings.label_smoothing,
+        num_classes=num_classes,
+    )
+    soft_criterion = SoftTargetCrossEntropy()
+
+    def mixed_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        images, soft_targets = mixup(images, targets)
+        return soft_criterion(model(images), soft_targets)
+
+    return mixed_loss
+
+
+def build_run(trial: PretrainTrial, precision: Precision) -> PretrainingRun:
+    """Data, model, optimizer, LR schedule and probes of a trial, seeded by ``pretrain.seed``."""
+    settings, data = trial.pretrain, trial.classification
+    seed_everything(settings.seed)
+    root = Path(data.root)
+    train_index = index_split(root / data.train_dir)
+    val_index = index_split(root / data.val_dir, classes=train_index.classes)
+    mean, std = settings.mean_std
+    train_tf, eval_tf = build_transforms(
+        image_size=settings.image_size,
+        mean=mean,
+        std=std,
+        rrc_scale=settings.rrc_scale,
+        hflip=settings.hflip,
+        randaugment=settings.randaugment,
+        random_erasing=settings.random_erasing,
+    )
+    pin = precision.device.type == "cuda"
+    train_loader = make_loader(
+        ImageFolderDataset(train_index.samples, train_tf, data.on_bad_image),
+        batch_size=settings.micro_batch_size,
+        train=True,
+        num_workers=data.num_workers,
+        pin_memory=pin,
+    )
+    val_loader = make_loader(
+        ImageFolderDataset(val_index.samples, eval_tf, data.on_bad_image),
+        batch_size=settings.micro_batch_size,
+        train=False,
+        num_workers=data.num_workers,
+        pin_memory=pin,
+    )
+    micro_batches = len(train_loader)
+    if settings.train_batches_per_epoch is not None:
+        micro_batches = min(micro_batches, settings.train_batches_per_epoch)
+    updates_per_epoch = micro_batches // settings.accumulation_steps
+    if updates_per_epoch < 1:
+        raise DataError(
+            f"an epoch holds {micro_batches} micro-batches of {settings.micro_batch_size}, fewer than one "
+            f"batch of {settings.batch_size}: lower pretrain.batch_size or add training images"
+        )
+    num_classes = len(train_index.classes)
+    model = create_classifier(settings.model, num_classes, settings.drop_path_rate)
+    if settings.init_checkpoint:
+        load_backbone(model, read_weights(settings.init_checkpoint), settings.init_checkpoint)
+    model = precision.prepare(model)
+    optimizer = create_optimizer_v2(
+        model, opt="adamw", lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas
+    )
+    schedule = CosineLRScheduler(
+        optimizer,
+        t_initial=settings.epochs * updates_per_epoch,
+        lr_min=settings.min_lr,
+        warmup_t=settings.warmup_epochs * updates_per_epoch,
+        warmup_lr_init=settings.lr * settings.warmup_lr_ratio,
+        t_in_epochs=False,
+    )
+    return PretrainingRun(
+        trial=trial,
+        precision=precision,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=precision.grad_scaler(),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        classes=train_index.classes,
+        updates_per_epoch=updates_per_epoch,
+        compute_loss=_loss_function(trial, num_classes),
+        probes=build_probes(trial.score, mean, std),
+    )
+
+
+def run_epoch(run: PretrainingRun, epoch: int) -> dict[str, Any]:
+    """Train one epoch, evaluate on val, score every target; returns the epoch's metrics."""
+    settings, score = run.trial.pretrain, run.trial.score
+    started = time.perf_counter()
+    seed_epoch(run.train_loader, settings.seed, epoch)
+    metrics: dict[str, Any] = {"epoch": epoch}
+    metrics.update(
+        train_epoch(
+            run.model,
+            run.train_loader,
+            run.compute_loss,
+            run.optimizer,
+            run.scaler,
+            run.precision,
+            accumulation_steps=settings.accumulation_steps,
+            updates=run.updates_per_epoch,
+            on_update=run.step_schedule,
+        )
+    )
+    metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    metrics.update(
+        evaluate_classifier(
+            run.model,
+            run.val_loader,
+            run.precision,
+            num_classes=len(run.classes),
+            max_batches=settings.val_batches,
+        )
+    )
+    score_started = time.perf_counter()
+    for target in score.targets:
+        result = run.probes[target.name].score(run.model, run.precision.device, run.precision.amp_dtype)
+        metrics.update(result.as_metrics(score.metric_names(target)))
+    if len(score.targets) > 1:  # the primary target under the unsuffixed names
+        primary = score.metric_names(score.primary_target)
+        metrics.update({plain: metrics[named] for plain, named in primary.items()})
+    now = time.perf_counter()
+    metrics["score_time_s"] = now - score_started
+    metrics["epoch_time_s"] = now - started
+    return metrics
+
+
+def run_pretraining(
+    trial: PretrainTrial,
+    *,
+    report: Reporter,
+    restore_state: dict[str, Any] | None = None,
+    device: str | None = None,
+    num_threads: int | None = None,
+) -> None:
+    """Pretrain until ``pretrain.epochs``, reporting metrics and a checkpoint every epoch.
+
+    Never stops early on its own: stopping is the Tune scheduler's decision.
+    """
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    settings = trial.pretrain
+    precision = Precision.choose(device or settings.device, settings.amp, settings.channels_last)
+    run = build_run(trial, precision)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if restore_state is not None:
+        run.restore(restore_state)
+        history, start_epoch = list(restore_state["history"]), int(restore_state["epoch"]) + 1
+    for epoch in range(start_epoch, settings.epochs + 1):
+        metrics = run_epoch(run, epoch)
+        history.append({k: v for k, v in metrics.items() if k not in TIMING_METRICS})
+        with tempfile.TemporaryDirectory(prefix="medseg-ckpt-") as checkpoint_dir:
+            save_training_state(checkpoint_dir, run.state(epoch, history))
+            report(metrics, Path(checkpoint_dir))
