@@ -12,5 +12,12 @@ import trainables  # noqa: F401  (sets HF_HUB_OFFLINE and NO_ALBUMENTATIONS_UPDA
 
 # Ray would otherwise try to send usage statistics, which fails offline.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The driver prints its own line per trial and epoch (search.progress); Tune's
+# status tables would repeat it, and its hint about TensorBoard points at a
+# temporary folder.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune warns about any callback slower than 0.5 s; deleting an old checkpoint
+# of a large model takes longer than that and is not a problem.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
 
 __version__ = "0.1.0"

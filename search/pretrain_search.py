@@ -17,7 +17,7 @@ import yaml
 from ray import tune
 
 from search.config import CONFIG_FILE, Experiment, changed_keys, dump_yaml
-from search.progress import EpochPrinter, trial_label
+from search.progress import EpochPrinter, error_line, print_line, shorten_user_errors, trial_label
 from trainables.errors import ConfigError
 from trainables.pretrain import pretrain_trainable
 from trainables.settings import ScoreSettings
@@ -132,7 +132,7 @@ def summarise(results: tune.ResultGrid, metric: str, mode: str) -> list[TrialSum
         pick = min if mode == "min" else max
         best = pick(rows, key=lambda r: r[metric]) if rows else {}
         last = rows[-1] if rows else {}
-        error = str(result.error).strip().splitlines()[-1] if result.error else None
+        error = error_line(result.error)
         summaries.append(
             TrialSummary(
                 name=result.path.rsplit("/", 1)[-1],
@@ -148,12 +148,15 @@ def summarise(results: tune.ResultGrid, metric: str, mode: str) -> list[TrialSum
     return summaries
 
 
-def run_pretrain_search(experiment: Experiment, out: Callable[[str], None] = print) -> list[TrialSummary]:
+def run_pretrain_search(
+    experiment: Experiment, out: Callable[[str], None] = print_line
+) -> list[TrialSummary]:
     """Run (or resume) the pretraining experiment; returns one summary per trial.
 
     Needs a Ray session (see :func:`search.runtime.ray_session`).
     """
     settings = experiment.config.tune
+    shorten_user_errors()
     printer = EpochPrinter(score_metric_names(experiment.config.score), out)
     resuming = _save_or_compare_config(experiment)
     if resuming:

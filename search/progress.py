@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray import tune
+
+from trainables.errors import MedsegError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -40,10 +43,15 @@ def epoch_line(name: str, result: Mapping[str, Any], total_epochs: int | None, s
     )
 
 
+def print_line(line: str) -> None:
+    """The default output: stdout, flushed (a module function, so callbacks holding it pickle)."""
+    print(line, flush=True)
+
+
 class EpochPrinter(tune.Callback):
     """Prints :func:`epoch_line` for every reported epoch of every trial (runs on the driver)."""
 
-    def __init__(self, score_keys: list[str], out: Callable[[str], None] = print) -> None:
+    def __init__(self, score_keys: list[str], out: Callable[[str], None] = print_line) -> None:
         self.score_keys, self.out = score_keys, out
 
     def on_trial_result(
@@ -51,3 +59,35 @@ class EpochPrinter(tune.Callback):
     ) -> None:
         total = trial.config.get("pretrain", {}).get("epochs")
         self.out(epoch_line(str(trial), result, total, self.score_keys))
+
+
+def error_line(error: BaseException | None) -> str | None:
+    """One line for a trial's error: the user's message for a MedsegError, else the exception's last line."""
+    if error is None:
+        return None
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, MedsegError):
+        return f"{type(cause).__name__}: {cause}"
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
+class UserErrorsOnOneLine(logging.Filter):
+    """Shortens Tune's "Trial task failed" log to one line when the cause is the user's to fix.
+
+    Bugs (any other exception) keep their full traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, MedsegError):
+            record.msg = f"{record.getMessage()}: {error_line(error)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def shorten_user_errors() -> None:
+    """Install :class:`UserErrorsOnOneLine` on Tune's controller logger (idempotent)."""
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, UserErrorsOnOneLine) for f in logger.filters):
+        logger.addFilter(UserErrorsOnOneLine())

@@ -34,3 +34,18 @@ def ray_session():
     ray.init(address="local", num_cpus=2, logging_level="WARNING")
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def small_imagenet(tmp_path: Path, demo_data: dict[str, Path]) -> Path:
+    """A 2-class ImageNet-layout set of 16 + 8 real MNIST digits (copies), to corrupt at will."""
+    import shutil
+
+    root = tmp_path / "small-imagenet"
+    for split, count in (("train", 8), ("val", 4)):
+        for digit in ("digit_0", "digit_1"):
+            source = sorted((demo_data["mnist"] / split / digit).iterdir())[:count]
+            (root / split / digit).mkdir(parents=True)
+            for path in source:
+                shutil.copy(path, root / split / digit / path.name)
+    return root

@@ -191,3 +191,26 @@ def test_score_refuses_a_checkpoint_of_another_encoder(tmp_path, demo_data, caps
         ],
     )
     assert "does not fit encoder 'resnet10t'" in err
+
+
+def test_score_command_prints_a_table_by_default(tmp_path, demo_data, capsys) -> None:
+    torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "a.pth")
+    argv = [
+        "score",
+        "--model",
+        "resnet10t",
+        "--checkpoint",
+        str(tmp_path / "a.pth"),
+        "--target",
+        str(demo_data["brain"]),
+        "--n-images",
+        "4",
+        "--image-size",
+        "32",
+        "--distance",
+        "mse",
+    ]
+    assert main(argv) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["robustness", "pos", "neg", "images", "checkpoint"]
+    assert row.split()[-1] == str(tmp_path / "a.pth") and row.split()[3] == "4"

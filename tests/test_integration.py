@@ -77,3 +77,37 @@ def test_two_trial_search_reports_robustness_and_a_checkpoint_every_epoch(
     # A changed config is refused with the list of changed keys.
     assert main(["pretrain", "--config", str(config_file), "--set", "pretrain.lr=0.01"]) == 2
     assert "changed: pretrain.lr" in capsys.readouterr().err
+
+
+def test_a_trial_stopped_by_bad_input_fails_on_one_line_and_the_others_finish(
+    tmp_path, demo_data, small_imagenet, ray_session, capsys
+) -> None:
+    broken = sorted((small_imagenet / "train" / "digit_0").iterdir())[0]
+    broken.write_bytes(b"not an image")
+    config = {
+        "name": "bad-image",
+        "storage_path": str(tmp_path / "results"),
+        "classification": {"root": str(small_imagenet), "num_workers": 0},
+        "pretrain": {
+            "model": "resnet10t",
+            "epochs": 1,
+            "image_size": 32,
+            "batch_size": 8,
+            "micro_batch_size": 8,
+            "warmup_epochs": 0,
+        },
+        "score": {
+            "targets": [{"name": "brain", "root": str(demo_data["brain"])}],
+            "n_images": 4,
+            "image_size": 32,
+        },
+        "tune": {"grid": {"classification.on_bad_image": ["skip", "error"]}},
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["pretrain", "--config", str(path)]) == 1
+    summary = capsys.readouterr().out.split("\ntrial ", 1)[1].splitlines()
+    skipped = next(line for line in summary if "on_bad_image=skip" in line)
+    failed = next(line for line in summary if "on_bad_image=error" in line)
+    assert "ERROR" not in skipped and skipped.split()[1] == "1"  # finished its epoch
+    assert f"ERROR: DataError: unreadable image {broken}" in failed

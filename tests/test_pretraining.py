@@ -118,3 +118,36 @@ def test_resumed_run_reports_bitwise_identical_metrics(demo_data, recipe: str, w
     assert [m["epoch"] for m in resumed.metrics] == [2, 3]
     assert _results(resumed.metrics) == _results(uninterrupted.metrics[1:])
     assert resumed.states[-1]["history"] == uninterrupted.states[-1]["history"]
+
+
+def test_several_targets_are_reported_by_name_and_the_primary_unsuffixed(demo_data) -> None:
+    trial = tiny_trial(demo_data, epochs=1)
+    brain = str(demo_data["brain"])
+    targets = [
+        {"name": "axial", "root": brain},
+        {"name": "sagittal", "root": brain, "slice_axis": 0, "primary": True},
+    ]
+    raw = dataclasses.asdict(trial)
+    raw["score"] = {**raw["score"], "targets": targets}
+    recorder = Recorder()
+    run_pretraining(PretrainTrial.from_mapping(raw), report=recorder)
+    (metrics,) = recorder.metrics
+    for name in ("axial", "sagittal"):
+        for key in ("robustness", "robustness_pos", "robustness_neg"):
+            assert math.isfinite(metrics[f"{key}_{name}"])
+    assert metrics["robustness"] == metrics["robustness_sagittal"] != metrics["robustness_axial"]
+
+
+def test_unreadable_training_images_are_skipped_and_counted(demo_data, small_imagenet: Path) -> None:
+    (
+        small_imagenet
+        / "train"
+        / "digit_1"
+        / sorted(p.name for p in (small_imagenet / "train" / "digit_1").iterdir())[0]
+    ).write_bytes(b"broken")
+    raw = dataclasses.asdict(tiny_trial(demo_data, epochs=1, train_batches_per_epoch=None, val_batches=None))
+    raw["classification"] = {**raw["classification"], "root": str(small_imagenet)}
+    recorder = Recorder()
+    run_pretraining(PretrainTrial.from_mapping(raw), report=recorder)
+    assert recorder.metrics[0]["train_skipped_images"] == 1
+    assert recorder.metrics[0]["val_skipped_images"] == 0
