@@ -19,5 +19,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Tune warns about any callback slower than 0.5 s; deleting an old checkpoint
 # of a large model takes longer than that and is not a problem.
 os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
+# Experiment snapshots (trial states, scheduler state) are taken often on
+# purpose, so that a killed driver loses at most about an epoch per trial.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 __version__ = "0.1.0"

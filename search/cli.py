@@ -14,7 +14,8 @@ import warnings
 from collections.abc import Sequence
 
 from search import __version__
-from trainables.errors import MedsegError
+from trainables.errors import ConfigError, MedsegError
+from trainables.peak import PeakRule
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +101,57 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device", default="auto", help="auto, cpu or cuda")
     score.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     score.set_defaults(handler=_cmd_score)
+
+    select = commands.add_parser(
+        "select",
+        help="pick the peak checkpoints of a search",
+        description="Write a selection manifest: the checkpoint at the peak of each selected trial "
+        "(reported values only; the score is never recomputed), and optionally the paper's baselines.",
+    )
+    select.add_argument(
+        "experiment", metavar="EXPERIMENT_DIR", help="the experiment folder (<storage_path>/<name>)"
+    )
+    select.add_argument("--top-k", type=int, default=1, help="the K trials with the best score at their peak")
+    select.add_argument(
+        "--per-trial", action="store_true", help="the peak of every trial (overrides --top-k)"
+    )
+    select.add_argument(
+        "--baselines",
+        nargs="+",
+        default=[],
+        choices=["final", "best_accuracy"],
+        help="also the final-epoch and/or best-ImageNet-accuracy checkpoint of each selected trial",
+    )
+    select.add_argument("--out", help="manifest path (default: EXPERIMENT_DIR/selection.json)")
+    select.set_defaults(handler=_cmd_select)
+
+    replay = commands.add_parser(
+        "replay",
+        help="judge the stopping rule on the paper's published curves",
+        description="Replay every published robustness curve (and the ImageNet top-1 proxy) through a "
+        "Tune experiment with the peak-stopping scheduler, and compare the chosen epochs' Dice with "
+        "epoch 300 and with the best epoch.",
+    )
+    replay.add_argument("--scores", required=True, help="the paper's robustness_scores.csv")
+    replay.add_argument("--downstream", required=True, help="the paper's downstream_scores.csv")
+    replay.add_argument("--distance", choices=["cosine", "mse", "pearson"], default="cosine")
+    replay.add_argument("--margin", type=float, default=0.5)
+    replay.add_argument("--level", type=int, default=-2, help="feature level counted from the deepest")
+    replay.add_argument("--pooled", action=argparse.BooleanOptionalAction, default=True)
+    defaults = PeakRule()
+    replay.add_argument("--smoothing", choices=["none", "ema", "mean"], default=defaults.smoothing)
+    replay.add_argument("--alpha", type=float, default=defaults.alpha, help="EMA factor")
+    replay.add_argument("--window", type=int, default=defaults.window, help="trailing-mean window (reports)")
+    replay.add_argument(
+        "--grace-period", type=int, default=defaults.grace_period, help="no stop before this epoch"
+    )
+    replay.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement")
+    replay.add_argument("--min-delta", type=float, default=defaults.min_delta)
+    replay.add_argument(
+        "--json", dest="json_path", metavar="FILE", help="write the report as JSON, plots beside it"
+    )
+    replay.add_argument("--storage-path", help="keep the Tune experiments here (default: a temporary folder)")
+    replay.set_defaults(handler=_cmd_replay)
     return parser
 
 
@@ -108,6 +160,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from search.preflight import check_experiment
     from search.pretrain_search import run_pretrain_search
     from search.runtime import ray_session
+    from search.selection import format_outcomes
 
     overrides = list(args.overrides)
     if args.name:
@@ -118,16 +171,60 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         experiment = load_experiment(args.config, overrides + [f"name={stamped}"])
     check_experiment(experiment)
     with ray_session(args.address):
-        summaries = run_pretrain_search(experiment)
-    print(f"\n{'trial':<48} {'epochs':>6} {'val_top1':>8} {'best R':>8} {'@epoch':>6}")
-    for s in summaries:
-        status = f"  ERROR: {s.error}" if s.error else ""
-        print(
-            f"{s.name:<48} {s.epochs:>6} {s.val_top1:>8.3f} "
-            f"{s.best_robustness:>8.4f} {s.best_epoch:>6}{status}"
-        )
+        outcome = run_pretrain_search(experiment)
+    print()
+    print(format_outcomes(outcome.trials))
+    for trial, error in sorted(outcome.errors.items()):
+        print(f"ERROR in {trial}: {error}")
     print(f"\nresults, checkpoints and per-epoch metrics: {experiment.path}")
-    return 1 if any(s.error for s in summaries) else 0
+    print(f"select the peak checkpoints with: medseg-search select {experiment.path}")
+    return 1 if outcome.errors else 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.selection import MANIFEST_FILE, format_manifest, select, write_manifest
+
+    manifest = select(args.experiment, top_k=args.top_k, per_trial=args.per_trial, baselines=args.baselines)
+    path = write_manifest(manifest, args.out or Path(args.experiment) / MANIFEST_FILE)
+    print(format_manifest(manifest))
+    print(f"\nselection manifest: {path}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from search.replay import replay
+    from search.runtime import ray_session
+
+    try:
+        rule = PeakRule(
+            smoothing=args.smoothing,
+            alpha=args.alpha,
+            window=args.window,
+            grace_period=args.grace_period,
+            patience=args.patience,
+            min_delta=args.min_delta,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid rule parameters: {_first_line(exc)}") from None
+    with ray_session():
+        replay(
+            args.scores,
+            args.downstream,
+            rule=rule,
+            distance=args.distance,
+            margin=args.margin,
+            level=args.level,
+            pooled=args.pooled,
+            json_path=args.json_path,
+            storage_path=args.storage_path,
+        )
+    return 0
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split("\n")[:3])
 
 
 def _cmd_score(args: argparse.Namespace) -> int:

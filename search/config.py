@@ -31,6 +31,7 @@ from trainables.settings import (
     ClassificationData,
     Float,
     Int,
+    PeakSettings,
     PretrainSettings,
     PretrainTrial,
     ScoreSettings,
@@ -39,7 +40,7 @@ from trainables.settings import (
 )
 
 CONFIG_FILE = "medseg-config.yaml"
-TRIAL_SECTIONS = ("classification", "pretrain", "score")
+TRIAL_SECTIONS = ("classification", "pretrain", "score", "peak")
 _STRICT = ConfigDict(extra="forbid")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -52,8 +53,7 @@ class TuneSettings:
     max_concurrent_trials: Int | None = Field(default=None, ge=1)
     cpus_per_trial: Float = Field(default=1.0, gt=0)
     gpus_per_trial: Float = Field(default=0.0, ge=0)
-    metric: str = "robustness"
-    mode: Literal["min", "max"] = "min"
+    scheduler: Literal["peak", "fifo"] = "peak"
     checkpoint_num_to_keep: Int | None = Field(default=None, ge=1)
     max_failures: Int = Field(default=0, ge=-1)
 
@@ -68,6 +68,11 @@ class TuneSettings:
                 )
             if not values:
                 raise ValueError(f"grid key {key!r} has no values")
+            if key.startswith("peak."):
+                raise ValueError(
+                    f"grid key {key!r}: the peak rule belongs to the scheduler, which is one for "
+                    "all trials; set it in the peak section instead"
+                )
         return grid
 
 
@@ -79,6 +84,7 @@ class ExperimentConfig:
     classification: ClassificationData
     pretrain: PretrainSettings
     score: ScoreSettings
+    peak: PeakSettings = Field(default_factory=PeakSettings)
     storage_path: str = "./results"
     tune: TuneSettings = Field(default_factory=TuneSettings)
 

@@ -8,9 +8,10 @@ with the list of changed keys.
 
 from __future__ import annotations
 
-import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -18,9 +19,14 @@ from ray import tune
 
 from search.config import CONFIG_FILE, Experiment, changed_keys, dump_yaml
 from search.progress import EpochPrinter, error_line, print_line, shorten_user_errors, trial_label
+from search.scheduler import PeakStoppingScheduler, SchedulerStateCallback
+from search.selection import TrialOutcome, trial_outcomes
+from search.snapshots import SnapshotBackup, repair_experiment_state
 from trainables.errors import ConfigError
 from trainables.pretrain import pretrain_trainable
 from trainables.settings import ScoreSettings
+
+SCHEDULER_STATE_FILE = "peak-scheduler-state.json"
 
 
 def score_metric_names(score: ScoreSettings) -> list[str]:
@@ -49,9 +55,29 @@ def _param_space(experiment: Experiment) -> dict[str, Any]:
     return space
 
 
+def build_scheduler(experiment: Experiment) -> PeakStoppingScheduler | None:
+    """The peak-stopping scheduler of the experiment (None with ``tune.scheduler: fifo``)."""
+    if experiment.config.tune.scheduler != "peak":
+        return None
+    peak = experiment.config.peak
+    return PeakStoppingScheduler(
+        metric=peak.metric,
+        mode=peak.mode,
+        rule=peak.rule(experiment.config.pretrain.epochs),
+        state_path=str(experiment.path / SCHEDULER_STATE_FILE),
+    )
+
+
 def build_tuner(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.Tuner:
-    settings = experiment.config.tune
+    """Trials report ``<metric>`` raw, ``<metric>_smoothed`` and ``<metric>_best``: the scheduler
+    watches the raw score, checkpoints are kept by the smoothed one (so the peak survives), and
+    Ray's best result and searchers see the running best."""
+    settings, peak = experiment.config.tune, experiment.config.peak
     grid_keys = list(settings.grid)
+    scheduler = build_scheduler(experiment)
+    callbacks = [*callbacks, SnapshotBackup(experiment.path)]
+    if scheduler is not None:
+        callbacks.append(SchedulerStateCallback(scheduler))
 
     def name_trial(trial: Any) -> str:
         return trial_label(trial.config, grid_keys, trial.trial_id)
@@ -60,8 +86,9 @@ def build_tuner(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
         _trainable(experiment),
         param_space=_param_space(experiment),
         tune_config=tune.TuneConfig(
-            metric=settings.metric,
-            mode=settings.mode,
+            metric=f"{peak.metric}_best",
+            mode=peak.mode,
+            scheduler=scheduler,
             num_samples=1,
             max_concurrent_trials=settings.max_concurrent_trials,
             trial_name_creator=name_trial,
@@ -72,15 +99,15 @@ def build_tuner(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
 
 
 def _run_config(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.RunConfig:
-    settings = experiment.config.tune
+    settings, peak = experiment.config.tune, experiment.config.peak
     keep = settings.checkpoint_num_to_keep
     return tune.RunConfig(
         name=experiment.config.name,
         storage_path=experiment.config.storage_path,
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=keep,
-            checkpoint_score_attribute=settings.metric if keep else None,
-            checkpoint_score_order=settings.mode,
+            checkpoint_score_attribute=f"{peak.metric}_smoothed" if keep else None,
+            checkpoint_score_order=peak.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         callbacks=callbacks,
@@ -101,66 +128,37 @@ def _save_or_compare_config(experiment: Experiment) -> bool:
                 f"{', '.join(changed)}); rerun with the same config to resume, or pass --new "
                 "(or another --name) to start a fresh experiment"
             )
-        return tune.Tuner.can_restore(str(experiment.path))
+        if tune.Tuner.can_restore(str(experiment.path)):
+            return True
+        _set_aside_unrestorable(experiment.path)
+        return False
     experiment.path.mkdir(parents=True, exist_ok=True)
     saved_file.write_text(dump_yaml(resolved))
     return False
 
 
-@dataclass(frozen=True)
-class TrialSummary:
-    """What a finished (or stopped, or failed) trial reported."""
-
-    name: str
-    epochs: int
-    val_top1: float
-    best_robustness: float
-    best_epoch: int
-    last_robustness: float
-    checkpoint: str | None
-    error: str | None
+def _set_aside_unrestorable(path: Path) -> None:
+    """Move what a run that died before Tune's first snapshot left out of the way."""
+    leftovers = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != CONFIG_FILE]
+    if leftovers:
+        aside = path / f".unrestorable-{int(time.time())}"
+        aside.mkdir()
+        for folder in leftovers:
+            folder.rename(aside / folder.name)
 
 
-def summarise(results: tune.ResultGrid, metric: str, mode: str) -> list[TrialSummary]:
-    summaries = []
-    for index in range(len(results)):
-        result = results[index]
-        frame = result.metrics_dataframe
-        rows = (
-            [] if frame is None or metric not in frame else frame.dropna(subset=[metric]).to_dict("records")
-        )
-        pick = min if mode == "min" else max
-        best = pick(rows, key=lambda r: r[metric]) if rows else {}
-        last = rows[-1] if rows else {}
-        error = error_line(result.error)
-        summaries.append(
-            TrialSummary(
-                name=result.path.rsplit("/", 1)[-1],
-                epochs=int(last.get("epoch", 0)),
-                val_top1=float(last.get("val_top1", math.nan)),
-                best_robustness=float(best.get(metric, math.nan)),
-                best_epoch=int(best.get("epoch", 0)),
-                last_robustness=float(last.get(metric, math.nan)),
-                checkpoint=result.checkpoint.path if result.checkpoint else None,
-                error=error,
-            )
-        )
-    return summaries
-
-
-def run_pretrain_search(
-    experiment: Experiment, out: Callable[[str], None] = print_line
-) -> list[TrialSummary]:
-    """Run (or resume) the pretraining experiment; returns one summary per trial.
+def run_pretrain_search(experiment: Experiment, out: Callable[[str], None] = print_line) -> SearchOutcome:
+    """Run (or resume) the pretraining experiment; returns what each trial did.
 
     Needs a Ray session (see :func:`search.runtime.ray_session`).
     """
-    settings = experiment.config.tune
     shorten_user_errors()
-    printer = EpochPrinter(score_metric_names(experiment.config.score), out)
+    printer = EpochPrinter(score_metric_names(experiment.config.score), experiment.config.peak.metric, out)
     resuming = _save_or_compare_config(experiment)
     if resuming:
         out(f"resuming experiment {experiment.path}")
+        if repair_experiment_state(experiment.path):
+            out("the last experiment snapshot was cut off by the interruption; using the one before it")
         tuner = tune.Tuner.restore(
             str(experiment.path),
             trainable=_trainable(experiment),
@@ -173,4 +171,21 @@ def run_pretrain_search(
         out(f"starting experiment {experiment.path} with {len(experiment.variants)} trial(s)")
         tuner = build_tuner(experiment, [printer])
     results = tuner.fit()
-    return summarise(results, settings.metric, settings.mode)
+    errors = {}
+    for index in range(len(results)):
+        result = results[index]
+        if result.error is not None:
+            errors[Path(result.path).name] = error_line(result.error) or "error"
+    return SearchOutcome(trial_outcomes(experiment.path) if _has_checkpoints(experiment.path) else [], errors)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """The trials of a finished (or interrupted) search, and the one-line errors of failed ones."""
+
+    trials: list[TrialOutcome]
+    errors: dict[str, str]
+
+
+def _has_checkpoints(path: Path) -> bool:
+    return any(path.glob("*/checkpoint_*/record.json"))

@@ -32,11 +32,17 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else str(value)
 
 
-def epoch_line(name: str, result: Mapping[str, Any], total_epochs: int | None, score_keys: list[str]) -> str:
-    """One line per trial and epoch: accuracy and robustness."""
+def epoch_line(
+    name: str, result: Mapping[str, Any], total_epochs: int | None, score_keys: list[str], peak_metric: str
+) -> str:
+    """One line per trial and epoch: accuracy, robustness, and the peak rule's view of its metric."""
     epoch = result.get("epoch", "?")
     total = f"/{total_epochs}" if total_epochs else ""
     scores = "  ".join(f"{key} {_fmt(result.get(key))}" for key in score_keys)
+    smoothed, best = result.get(f"{peak_metric}_smoothed"), result.get(f"{peak_metric}_best")
+    if smoothed is not None:
+        peak = result.get(f"{peak_metric}_peak_epoch")
+        scores += f"  {peak_metric} smoothed {_fmt(smoothed)}, best {_fmt(best)} at epoch {_fmt(peak, 0)}"
     return (
         f"{name}  epoch {epoch}{total}  train_loss {_fmt(result.get('train_loss'), 3)}  "
         f"val_top1 {_fmt(result.get('val_top1'), 3)}  {scores}"
@@ -51,14 +57,16 @@ def print_line(line: str) -> None:
 class EpochPrinter(tune.Callback):
     """Prints :func:`epoch_line` for every reported epoch of every trial (runs on the driver)."""
 
-    def __init__(self, score_keys: list[str], out: Callable[[str], None] = print_line) -> None:
-        self.score_keys, self.out = score_keys, out
+    def __init__(
+        self, score_keys: list[str], peak_metric: str, out: Callable[[str], None] = print_line
+    ) -> None:
+        self.score_keys, self.peak_metric, self.out = score_keys, peak_metric, out
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         total = trial.config.get("pretrain", {}).get("epochs")
-        self.out(epoch_line(str(trial), result, total, self.score_keys))
+        self.out(epoch_line(str(trial), result, total, self.score_keys, self.peak_metric))
 
 
 def error_line(error: BaseException | None) -> str | None:

@@ -49,3 +49,45 @@ def small_imagenet(tmp_path: Path, demo_data: dict[str, Path]) -> Path:
             for path in source:
                 shutil.copy(path, root / split / digit / path.name)
     return root
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, demo_data: dict[str, Path]):
+    """Write a tiny experiment config on the demo data; keyword overrides use ``__`` for dots.
+
+    ``make_config("it", pretrain__epochs=3, tune={"grid": ...})`` -> path of the YAML file.
+    """
+    import yaml
+
+    def make(name: str = "tiny", **overrides):
+        config = {
+            "name": name,
+            "storage_path": str(tmp_path / "results"),
+            "classification": {"root": str(demo_data["mnist"]), "num_workers": 0},
+            "pretrain": {
+                "model": "resnet10t",
+                "epochs": 2,
+                "image_size": 32,
+                "batch_size": 16,
+                "micro_batch_size": 8,
+                "warmup_epochs": 1,
+                "train_batches_per_epoch": 2,
+                "val_batches": 1,
+            },
+            "score": {
+                "targets": [{"name": "brain", "root": str(demo_data["brain"])}],
+                "n_images": 8,
+                "image_size": 32,
+            },
+        }
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split("__")
+            node = config
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return make

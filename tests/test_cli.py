@@ -6,46 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import timm
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from search import __version__
 from search.cli import main
-
-
-def _config(tmp_path: Path, demo_data: dict[str, Path], **changes: Any) -> Path:
-    config: dict[str, Any] = {
-        "name": "cli",
-        "storage_path": str(tmp_path / "results"),
-        "classification": {"root": str(demo_data["mnist"]), "num_workers": 0},
-        "pretrain": {
-            "model": "resnet10t",
-            "epochs": 2,
-            "image_size": 32,
-            "batch_size": 16,
-            "micro_batch_size": 8,
-            "warmup_epochs": 1,
-        },
-        "score": {
-            "targets": [{"name": "brain", "root": str(demo_data["brain"])}],
-            "n_images": 8,
-            "image_size": 32,
-        },
-    }
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split("__")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _fails(capsys, argv: list[str]) -> str:
@@ -95,18 +63,14 @@ def _flat_val(root: Path) -> Path:
         ),
     ],
 )
-def test_bad_pretrain_input_is_one_line_before_anything_starts(
-    tmp_path, demo_data, capsys, changes, message
-) -> None:
-    err = _fails(capsys, ["pretrain", "--config", str(_config(tmp_path, demo_data, **changes))])
+def test_bad_pretrain_input_is_one_line_before_anything_starts(capsys, changes, message, make_config) -> None:
+    err = _fails(capsys, ["pretrain", "--config", str(make_config(**changes))])
     assert __import__("re").search(message, err), err
 
 
-def test_flat_and_empty_data_folders_are_refused(tmp_path, demo_data, capsys) -> None:
+def test_flat_and_empty_data_folders_are_refused(tmp_path, demo_data, capsys, make_config) -> None:
     flat = _flat_val(tmp_path / "flat")
-    err = _fails(
-        capsys, ["pretrain", "--config", str(_config(tmp_path, demo_data, classification__root=str(flat)))]
-    )
+    err = _fails(capsys, ["pretrain", "--config", str(make_config(classification__root=str(flat)))])
     assert "no class folders" in err and "valprep.sh" in err
     (tmp_path / "empty" / "train").mkdir(parents=True)
     err = _fails(
@@ -114,29 +78,29 @@ def test_flat_and_empty_data_folders_are_refused(tmp_path, demo_data, capsys) ->
         [
             "pretrain",
             "--config",
-            str(_config(tmp_path, demo_data, classification__root=str(tmp_path / "empty"))),
+            str(make_config(classification__root=str(tmp_path / "empty"))),
         ],
     )
     assert "is empty" in err
 
 
-def test_target_with_fewer_than_two_images_is_refused(tmp_path, demo_data, capsys) -> None:
+def test_target_with_fewer_than_two_images_is_refused(tmp_path, demo_data, capsys, make_config) -> None:
     single = tmp_path / "single" / "imagesTr"
     single.mkdir(parents=True)
     from PIL import Image
 
     Image.new("L", (16, 16), 3).save(single / "only.png")
     targets = [{"name": "one", "root": str(single.parent)}]
-    err = _fails(capsys, ["pretrain", "--config", str(_config(tmp_path, demo_data, score__targets=targets))])
+    err = _fails(capsys, ["pretrain", "--config", str(make_config(score__targets=targets))])
     assert "holds 1 image(s): the robustness score needs at least 2" in err
 
 
-def test_initial_checkpoint_that_does_not_fit_is_refused(tmp_path, demo_data, capsys) -> None:
+def test_initial_checkpoint_that_does_not_fit_is_refused(tmp_path, demo_data, capsys, make_config) -> None:
     wrong = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), wrong)
     err = _fails(
         capsys,
-        ["pretrain", "--config", str(_config(tmp_path, demo_data, pretrain__init_checkpoint=str(wrong)))],
+        ["pretrain", "--config", str(make_config(pretrain__init_checkpoint=str(wrong)))],
     )
     assert "does not fit encoder 'resnet10t'" in err and "missing:" in err
 

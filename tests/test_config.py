@@ -171,7 +171,7 @@ def test_resolved_config_holds_every_default() -> None:
     resolved = _load().resolved()
     assert resolved["pretrain"]["drop_path_rate"] == 0.0
     assert resolved["score"]["margin"] == 0.5 and resolved["score"]["level"] == -2
-    assert resolved["tune"]["metric"] == "robustness"
+    assert resolved["tune"]["scheduler"] == "peak" and resolved["peak"]["metric"] == "robustness"
 
 
 def test_changed_keys_lists_dotted_paths() -> None:

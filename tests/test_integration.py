@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from search.cli import main
 from trainables.checkpoints import load_training_state
@@ -18,31 +17,12 @@ EPOCHS = 2
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, demo_data: dict[str, Path]) -> Path:
-    config = {
-        "name": "it",
-        "storage_path": str(tmp_path / "results"),
-        "classification": {"root": str(demo_data["mnist"]), "num_workers": 0},
-        "pretrain": {
-            "model": "resnet10t",
-            "epochs": EPOCHS,
-            "image_size": 32,
-            "batch_size": 16,
-            "micro_batch_size": 8,
-            "warmup_epochs": 1,
-            "train_batches_per_epoch": 2,
-            "val_batches": 1,
-        },
-        "score": {
-            "targets": [{"name": "brain", "root": str(demo_data["brain"])}],
-            "n_images": 8,
-            "image_size": 32,
-        },
-        "tune": {"grid": {"pretrain.recipe": ["simple", "advanced"]}, "cpus_per_trial": 1},
-    }
-    path = tmp_path / "it.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def config_file(make_config) -> Path:
+    return make_config(
+        "it",
+        pretrain__epochs=EPOCHS,
+        tune={"grid": {"pretrain.recipe": ["simple", "advanced"]}, "cpus_per_trial": 1},
+    )
 
 
 def _trial_dirs(experiment: Path) -> list[Path]:
@@ -80,34 +60,25 @@ def test_two_trial_search_reports_robustness_and_a_checkpoint_every_epoch(
 
 
 def test_a_trial_stopped_by_bad_input_fails_on_one_line_and_the_others_finish(
-    tmp_path, demo_data, small_imagenet, ray_session, capsys
+    small_imagenet, make_config, ray_session, capsys
 ) -> None:
     broken = sorted((small_imagenet / "train" / "digit_0").iterdir())[0]
     broken.write_bytes(b"not an image")
-    config = {
-        "name": "bad-image",
-        "storage_path": str(tmp_path / "results"),
-        "classification": {"root": str(small_imagenet), "num_workers": 0},
-        "pretrain": {
-            "model": "resnet10t",
-            "epochs": 1,
-            "image_size": 32,
-            "batch_size": 8,
-            "micro_batch_size": 8,
-            "warmup_epochs": 0,
-        },
-        "score": {
-            "targets": [{"name": "brain", "root": str(demo_data["brain"])}],
-            "n_images": 4,
-            "image_size": 32,
-        },
-        "tune": {"grid": {"classification.on_bad_image": ["skip", "error"]}},
-    }
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = make_config(
+        "bad-image",
+        classification__root=str(small_imagenet),
+        pretrain__epochs=1,
+        pretrain__batch_size=8,
+        pretrain__warmup_epochs=0,
+        pretrain__train_batches_per_epoch=None,
+        pretrain__val_batches=None,
+        score__n_images=4,
+        tune={"grid": {"classification.on_bad_image": ["skip", "error"]}},
+    )
     assert main(["pretrain", "--config", str(path)]) == 1
     summary = capsys.readouterr().out.split("\ntrial ", 1)[1].splitlines()
-    skipped = next(line for line in summary if "on_bad_image=skip" in line)
+    skipped = next(line for line in summary if line.startswith("resnet10t_on_bad_image=skip"))
     failed = next(line for line in summary if "on_bad_image=error" in line)
-    assert "ERROR" not in skipped and skipped.split()[1] == "1"  # finished its epoch
-    assert f"ERROR: DataError: unreadable image {broken}" in failed
+    assert skipped.split()[1:3] == ["1", "max_epochs"]  # finished its only epoch
+    assert failed.startswith("ERROR in resnet10t_on_bad_image=error")
+    assert f": DataError: unreadable image {broken}" in failed

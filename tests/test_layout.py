@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # The trainable modules and the checkpoint bridge may import Ray; score, models, data, loops may not.
-RAY_ALLOWED = {"trainables/pretrain.py"}
+RAY_ALLOWED = {"trainables/pretrain.py", "trainables/replay.py"}
 
 
 def _imported_roots(path: Path) -> set[str]:

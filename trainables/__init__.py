@@ -7,6 +7,7 @@ trainable modules (``pretrain``) and the checkpoint bridge import Ray.
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Workers run offline: a hub lookup for weights is retried for ~23 s before it
@@ -14,3 +15,8 @@ import os
 # Set before any of those libraries is imported by a trial process.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# Ray logs one INFO line per checkpoint per trial and epoch from the workers,
+# which drowns the driver's per-epoch progress lines (configured by name:
+# importing this package does not import Ray).
+logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)

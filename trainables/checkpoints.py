@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,15 @@ import numpy as np
 import torch
 
 from trainables.errors import CheckpointError
+from trainables.records import atomic_write
 
 STATE_FILE = "state.pt"
 FORMAT = "medseg-search/pretrain-v1"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def save_training_state(directory: str | os.PathLike[str], state: dict[str, Any]) -> Path:

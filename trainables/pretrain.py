@@ -10,7 +10,6 @@ stops on its own before ``pretrain.epochs``: stopping is the scheduler's job.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,6 @@ from ray import tune
 from trainables.checkpoints import load_training_state
 from trainables.pretraining import run_pretraining
 from trainables.settings import PretrainTrial
-
-# One INFO line per checkpoint per epoch drowns the per-epoch progress lines.
-logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
@@ -42,4 +38,6 @@ def pretrain_trainable(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as restore_dir:
             state = load_training_state(restore_dir)
-    run_pretraining(trial, report=_report, restore_state=state, num_threads=_trial_cpus())
+    context = tune.get_context()
+    labels = {"trial_id": context.get_trial_id(), "trial_name": context.get_trial_name()}
+    run_pretraining(trial, report=_report, restore_state=state, num_threads=_trial_cpus(), labels=labels)

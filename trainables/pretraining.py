@@ -13,6 +13,7 @@ The LR horizon is always ``epochs``, also for trials a scheduler stops early.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tempfile
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -46,6 +48,8 @@ from trainables.data.segmentation import sample_target_images
 from trainables.errors import DataError
 from trainables.loops import LossFn, Precision, evaluate_classifier, train_epoch
 from trainables.models import create_classifier, load_backbone
+from trainables.peak import assess
+from trainables.records import write_record
 from trainables.settings import PretrainTrial, ScoreSettings
 from trainables.transferability import RobustnessProbe
 
@@ -79,6 +83,7 @@ class PretrainingRun:
     compute_loss: LossFn
     probes: dict[str, RobustnessProbe]
     num_updates: int = 0
+    best_accuracy: tuple[int, float, dict[str, torch.Tensor]] | None = None  # epoch, top-1, weights
 
     def step_schedule(self) -> None:
         self.num_updates += 1
@@ -96,7 +101,22 @@ class PretrainingRun:
             "history": history,
             "model_name": self.trial.pretrain.model,
             "classes": list(self.classes),
+            **self._best_accuracy_state(),
         }
+
+    def _best_accuracy_state(self) -> dict[str, Any]:
+        if self.best_accuracy is None:
+            return {}
+        epoch, top1, weights = self.best_accuracy
+        return {"best_accuracy_epoch": epoch, "best_accuracy_top1": top1, "best_accuracy_model": weights}
+
+    def track_best_accuracy(self, epoch: int, top1: float) -> None:
+        """Keep a CPU copy of the weights of the best-top-1 epoch (``pretrain.keep_best_accuracy``)."""
+        if self.trial.pretrain.keep_best_accuracy and (
+            self.best_accuracy is None or top1 > self.best_accuracy[1]
+        ):
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_accuracy = (epoch, top1, weights)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -106,6 +126,12 @@ class PretrainingRun:
         self.schedule.step_update(self.num_updates)
         self.scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
+        if "best_accuracy_model" in state:
+            self.best_accuracy = (
+                int(state["best_accuracy_epoch"]),
+                float(state["best_accuracy_top1"]),
+                state["best_accuracy_model"],
+            )
 
 
 def build_probes(
@@ -278,10 +304,14 @@ def run_pretraining(
     restore_state: dict[str, Any] | None = None,
     device: str | None = None,
     num_threads: int | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> None:
     """Pretrain until ``pretrain.epochs``, reporting metrics and a checkpoint every epoch.
 
     Never stops early on its own: stopping is the Tune scheduler's decision.
+    Every checkpoint folder also holds ``record.json``: the epoch, ``labels``
+    (trial id and name), encoder, recipe, the peak rule and its metric, the
+    trial's config and the metric history so far.
     """
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -293,9 +323,26 @@ def run_pretraining(
     if restore_state is not None:
         run.restore(restore_state)
         history, start_epoch = list(restore_state["history"]), int(restore_state["epoch"]) + 1
+    record = {
+        **(labels or {}),
+        "encoder": settings.model,
+        "recipe": settings.recipe,
+        "metric": trial.peak.metric,
+        "rule": dataclasses.asdict(trial.rule),
+        "config": TypeAdapter(PretrainTrial).dump_python(trial, mode="json"),
+    }
     for epoch in range(start_epoch, settings.epochs + 1):
         metrics = run_epoch(run, epoch)
+        metrics.update(peak_metrics(history + [metrics], trial))
         history.append({k: v for k, v in metrics.items() if k not in TIMING_METRICS})
+        run.track_best_accuracy(epoch, metrics["val_top1"])
         with tempfile.TemporaryDirectory(prefix="medseg-ckpt-") as checkpoint_dir:
             save_training_state(checkpoint_dir, run.state(epoch, history))
+            write_record(checkpoint_dir, {"epoch": epoch, **record, "history": history})
             report(metrics, Path(checkpoint_dir))
+
+
+def peak_metrics(rows: list[dict[str, Any]], trial: PretrainTrial) -> dict[str, float]:
+    """The peak rule's view of the watched metric after the last row (smoothed, best, peak epoch)."""
+    metric = trial.peak.metric
+    return assess([(int(r["epoch"]), float(r[metric])) for r in rows], trial.rule).as_metrics(metric)

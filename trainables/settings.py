@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from trainables.errors import ConfigError
+from trainables.peak import PeakRule
 
 #: Recipe presets, exactly the paper's two pretraining recipes. Keys a user sets
 #: explicitly win over the preset. Shared by both recipes (and so plain defaults
@@ -136,6 +137,7 @@ class PretrainSettings:
     train_batches_per_epoch: Int | None = Field(default=None, ge=1)
     val_batches: Int | None = Field(default=None, ge=1)
     init_checkpoint: str | None = None
+    keep_best_accuracy: Bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -246,12 +248,51 @@ class ScoreSettings:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class PeakSettings(PeakRule):
+    """The peak rule (:mod:`trainables.peak`) applied to ``metric``.
+
+    ``max_epochs`` defaults to the trial's ``pretrain.epochs``.
+    """
+
+    metric: str = "robustness"
+
+    def rule(self, max_epochs: int) -> PeakRule:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PeakRule)}
+        return PeakRule(**{**fields, "max_epochs": self.max_epochs or max_epochs})
+
+
+@dataclass(frozen=True, config=_STRICT)
 class PretrainTrial:
     """Everything one pretraining trial needs; built from the trial's config dict."""
 
     classification: ClassificationData
     pretrain: PretrainSettings
     score: ScoreSettings
+    peak: PeakSettings = Field(default_factory=PeakSettings)
+
+    @model_validator(mode="after")
+    def _known_peak_metric(self) -> PretrainTrial:
+        reported = self.reported_metrics()
+        if self.peak.metric not in reported:
+            raise ValueError(
+                f"peak.metric {self.peak.metric!r} is not a metric the trial reports; "
+                f"choose one of {', '.join(reported)}"
+            )
+        return self
+
+    def reported_metrics(self) -> list[str]:
+        """The per-epoch metrics the rule can watch (timings aside)."""
+        names = ["robustness", "robustness_pos", "robustness_neg"]
+        if len(self.score.targets) > 1:
+            names += [
+                name for target in self.score.targets for name in self.score.metric_names(target).values()
+            ]
+        return names + ["val_top1", "val_top5", "val_loss", "train_loss"]
+
+    @property
+    def rule(self) -> PeakRule:
+        """The peak rule of this trial, with the trial's epoch budget as ``max_epochs``."""
+        return self.peak.rule(self.pretrain.epochs)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> PretrainTrial:
