@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from trainables.checkpoints import load_training_state
 from trainables.pretraining import TIMING_METRICS, run_pretraining
@@ -151,3 +152,18 @@ def test_unreadable_training_images_are_skipped_and_counted(demo_data, small_ima
     run_pretraining(PretrainTrial.from_mapping(raw), report=recorder)
     assert recorder.metrics[0]["train_skipped_images"] == 1
     assert recorder.metrics[0]["val_skipped_images"] == 0
+
+
+def test_best_accuracy_weights_travel_in_every_checkpoint_and_survive_a_resume(demo_data) -> None:
+    trial = tiny_trial(demo_data, keep_best_accuracy=True, val_batches=4)
+    recorder = Recorder()
+    run_pretraining(trial, report=recorder)
+    top1 = [m["val_top1"] for m in recorder.metrics]
+    best = top1.index(max(top1))  # earliest of ties
+    last = recorder.states[-1]
+    assert last["best_accuracy_epoch"] == best + 1
+    best_weights = recorder.states[best]["model"]
+    assert all(torch.equal(last["best_accuracy_model"][k], best_weights[k]) for k in best_weights)
+    resumed = Recorder()
+    run_pretraining(trial, report=resumed, restore_state=recorder.states[0])
+    assert resumed.states[-1]["best_accuracy_epoch"] == best + 1
