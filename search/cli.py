@@ -125,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--out", help="manifest path (default: EXPERIMENT_DIR/selection.json)")
     select.set_defaults(handler=_cmd_select)
 
+    downstream = commands.add_parser(
+        "downstream",
+        help="fine-tune U-Nets from a selection manifest, then test them",
+        description="Run (or resume) a Ray Tune experiment whose trials fine-tune (or freeze) each selected "
+        "encoder inside a U-Net on a medical segmentation set, then test the best checkpoint of every trial.",
+    )
+    downstream.add_argument("--manifest", required=True, help="selection manifest (medseg-search select)")
+    _add_config_arguments(downstream)
+    downstream.set_defaults(handler=_cmd_downstream)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="test the best checkpoint of every downstream trial (idempotent)",
+        description="Evaluate the best-by-validation checkpoint of every trial on the test split; "
+        "trials already tested on the same checkpoint are skipped.",
+    )
+    evaluate.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    evaluate.add_argument("--force", action="store_true", help="test again even where results exist")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
     replay = commands.add_parser(
         "replay",
         help="judge the stopping rule on the paper's published curves",
@@ -179,6 +200,38 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"\nresults, checkpoints and per-epoch metrics: {experiment.path}")
     print(f"select the peak checkpoints with: medseg-search select {experiment.path}")
     return 1 if outcome.errors else 0
+
+
+def _cmd_downstream(args: argparse.Namespace) -> int:
+    from search.downstream_config import load_downstream
+    from search.downstream_search import run_downstream_search
+    from search.evaluation import evaluate_experiment, format_results
+    from search.preflight import check_downstream
+    from search.runtime import ray_session
+
+    overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    experiment = load_downstream(args.config, args.manifest, overrides)
+    if args.new:
+        stamped = f"{experiment.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment = load_downstream(args.config, args.manifest, overrides + [f"name={stamped}"])
+    check_downstream(experiment)
+    with ray_session(args.address):
+        errors = run_downstream_search(experiment)
+    for trial, error in sorted(errors.items()):
+        print(f"ERROR in {trial}: {error}")
+    results = evaluate_experiment(experiment.path)
+    print()
+    print(format_results(results))
+    print(f"\nresults, per-case test CSVs and checkpoints: {experiment.path}")
+    return 1 if errors else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from search.evaluation import evaluate_experiment, format_results
+
+    results = evaluate_experiment(args.experiment, force=args.force, device=args.device)
+    print(format_results(results))
+    return 0
 
 
 def _cmd_select(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ from trainables.settings import (
 CONFIG_FILE = "medseg-config.yaml"
 TRIAL_SECTIONS = ("classification", "pretrain", "score", "peak")
 _STRICT = ConfigDict(extra="forbid")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -93,7 +93,7 @@ class ExperimentConfig:
     @field_validator("name")
     @classmethod
     def _folder_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not NAME_PATTERN.match(value):
             raise ValueError(f"name {value!r} becomes a folder name: use letters, digits, '_', '-' and '.'")
         return value
 
@@ -140,12 +140,12 @@ class Experiment:
         for combo in combos:
             trial = copy.deepcopy(self.base_trial())
             for key, value in zip(grid, combo, strict=True):
-                _set_dotted(trial, key, value)
+                set_dotted(trial, key, value)
             trials.append(trial)
         return trials
 
 
-def _set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = mapping
     for part in parents:
@@ -223,7 +223,7 @@ def load_experiment(
     source = str(path) if path is not None else "config"
     data = copy.deepcopy(dict(raw)) if raw is not None else read_yaml(path)  # type: ignore[arg-type]
     for key, value in parse_overrides(overrides):
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     config = validate(ExperimentConfig, data, source)
     if materialise_demo:
         check_writable(config.storage_path)

@@ -8,21 +8,19 @@ with the list of changed keys.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 
-from search.config import CONFIG_FILE, Experiment, changed_keys, dump_yaml
-from search.progress import EpochPrinter, error_line, print_line, shorten_user_errors, trial_label
+from search.config import Experiment
+from search.experiments import run_experiment
+from search.progress import EpochPrinter, print_line, trial_label
 from search.scheduler import PeakStoppingScheduler, SchedulerStateCallback
 from search.selection import TrialOutcome, trial_outcomes
-from search.snapshots import SnapshotBackup, repair_experiment_state
-from trainables.errors import ConfigError
+from search.snapshots import SnapshotBackup
 from trainables.pretrain import pretrain_trainable
 from trainables.settings import ScoreSettings
 
@@ -115,67 +113,21 @@ def _run_config(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
     )
 
 
-def _save_or_compare_config(experiment: Experiment) -> bool:
-    """Save the resolved config; returns True when an earlier run of the same config exists."""
-    saved_file = experiment.path / CONFIG_FILE
-    resolved = experiment.resolved()
-    if saved_file.exists():
-        saved = yaml.safe_load(saved_file.read_text()) or {}
-        changed = changed_keys(saved, resolved)
-        if changed:
-            raise ConfigError(
-                f"experiment {experiment.path} was started with a different config (changed: "
-                f"{', '.join(changed)}); rerun with the same config to resume, or pass --new "
-                "(or another --name) to start a fresh experiment"
-            )
-        if tune.Tuner.can_restore(str(experiment.path)):
-            return True
-        _set_aside_unrestorable(experiment.path)
-        return False
-    experiment.path.mkdir(parents=True, exist_ok=True)
-    saved_file.write_text(dump_yaml(resolved))
-    return False
-
-
-def _set_aside_unrestorable(path: Path) -> None:
-    """Move what a run that died before Tune's first snapshot left out of the way."""
-    leftovers = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != CONFIG_FILE]
-    if leftovers:
-        aside = path / f".unrestorable-{int(time.time())}"
-        aside.mkdir()
-        for folder in leftovers:
-            folder.rename(aside / folder.name)
-
-
 def run_pretrain_search(experiment: Experiment, out: Callable[[str], None] = print_line) -> SearchOutcome:
     """Run (or resume) the pretraining experiment; returns what each trial did.
 
     Needs a Ray session (see :func:`search.runtime.ray_session`).
     """
-    shorten_user_errors()
     printer = EpochPrinter(score_metric_names(experiment.config.score), experiment.config.peak.metric, out)
-    resuming = _save_or_compare_config(experiment)
-    if resuming:
-        out(f"resuming experiment {experiment.path}")
-        if repair_experiment_state(experiment.path):
-            out("the last experiment snapshot was cut off by the interruption; using the one before it")
-        tuner = tune.Tuner.restore(
-            str(experiment.path),
-            trainable=_trainable(experiment),
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=_param_space(experiment),
-        )
-        # the printer was saved with the experiment (tuner.pkl) and comes back with it
-    else:
-        out(f"starting experiment {experiment.path} with {len(experiment.variants)} trial(s)")
-        tuner = build_tuner(experiment, [printer])
-    results = tuner.fit()
-    errors = {}
-    for index in range(len(results)):
-        result = results[index]
-        if result.error is not None:
-            errors[Path(result.path).name] = error_line(result.error) or "error"
+    errors = run_experiment(
+        experiment.path,
+        experiment.resolved(),
+        trainable=_trainable(experiment),
+        param_space=_param_space(experiment),
+        build_tuner=lambda: build_tuner(experiment, [printer]),
+        trials=len(experiment.variants),
+        out=out,
+    )
     return SearchOutcome(trial_outcomes(experiment.path) if _has_checkpoints(experiment.path) else [], errors)
 
 

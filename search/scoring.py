@@ -19,7 +19,7 @@ from timm.data import resolve_model_data_config
 from search.config import read_yaml
 from search.preflight import check_target
 from trainables.checkpoints import read_weights
-from trainables.data.segmentation import sample_target_images
+from trainables.data.targets import sample_target
 from trainables.loops import Precision
 from trainables.models import check_encoder, create_classifier, load_backbone
 from trainables.settings import NORMALIZATIONS, TargetSet, validate
@@ -77,8 +77,13 @@ def score_checkpoints(
     timm_cfg: dict[str, Any] = resolve_model_data_config(model)
     mean, std = NORMALIZATIONS[normalize] if normalize else (timm_cfg["mean"], timm_cfg["std"])
     size = image_size or int(timm_cfg["input_size"][-1])
-    images = sample_target_images(
-        target.root, n_images=n_images, seed=sample_seed, size=size, slice_axis=target.slice_axis
+    images = sample_target(
+        target.format,
+        target.root,
+        slice_axis=target.slice_axis,
+        n_images=n_images,
+        seed=sample_seed,
+        size=size,
     )
     probe = RobustnessProbe(
         images,

@@ -46,6 +46,7 @@ class TrialOutcome:
     checkpoints: dict[int, Path]
     keeps_best_accuracy: bool = False
     rule: dict[str, Any] = field(default_factory=dict)
+    normalize: str = "imagenet"
 
     def row(self, epoch: int) -> dict[str, Any]:
         return next(r for r in self.history if int(r["epoch"]) == epoch)
@@ -96,6 +97,7 @@ def read_outcome(trial_dir: Path) -> TrialOutcome | None:
         checkpoints=checkpoints,
         keeps_best_accuracy=bool(config.get("pretrain", {}).get("keep_best_accuracy", False)),
         rule=record["rule"],
+        normalize=str(config.get("pretrain", {}).get("normalize", "imagenet")),
     )
 
 
@@ -131,6 +133,7 @@ def _entry(
         "stop_reason": outcome.stop_reason,
         "checkpoint": str(folder / STATE_FILE),
         "weights_key": weights_key,
+        "normalize": outcome.normalize,
     }
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from search.config import changed_keys, load_experiment, parse_overrides
+from search.config import changed_keys, load_experiment, parse_overrides, read_yaml
+from search.downstream_config import DownstreamConfig
 from trainables.errors import ConfigError
-from trainables.settings import RECIPES, PretrainTrial
+from trainables.settings import RECIPES, PretrainTrial, validate
 
 BASE: dict[str, Any] = {
     "name": "unit",
@@ -184,4 +185,7 @@ def test_shipped_configs_are_valid() -> None:
     files = sorted((repo / "configs").rglob("*.yaml"))
     assert files
     for path in files:
-        load_experiment(path, materialise_demo=False)
+        if path.parent.name == "downstream":
+            validate(DownstreamConfig, read_yaml(path), str(path))
+        else:
+            load_experiment(path, materialise_demo=False)

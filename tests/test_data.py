@@ -16,7 +16,8 @@ from trainables.data.classification import (
     collate_skipping_bad,
     index_split,
 )
-from trainables.data.segmentation import count_images, list_cases, sample_target_images
+from trainables.data.formats import find_cases
+from trainables.data.targets import count_images, sample_target
 from trainables.errors import DataError
 
 
@@ -83,11 +84,11 @@ def test_volumes_are_sliced_and_blank_slices_skipped(tmp_path: Path) -> None:
     data[4:12, 4:12, 1:5] = np.arange(1, 5, dtype=np.float32)  # slices 0 and 5 are blank
     _volume(tmp_path / "imagesTr" / "case1.nii.gz", data)
     _volume(tmp_path / "labelsTr" / "case1.nii.gz", (data > 0).astype(np.uint8))
-    cases = list_cases(tmp_path)
+    cases = find_cases("generic", tmp_path, "train")
     assert [c.case_id for c in cases] == ["case1"] and cases[0].label_path is not None
-    assert count_images(cases, slice_axis=2) == 6
+    assert count_images(cases) == 6
     with pytest.warns(UserWarning, match="only 4 usable images"):
-        images = sample_target_images(tmp_path, n_images=6, seed=0, size=8)
+        images = sample_target("generic", str(tmp_path), slice_axis=2, n_images=6, seed=0, size=8)
     assert images.shape == (4, 3, 8, 8)
     assert torch.equal(images[:, 0], images[:, 1])  # grey repeated to 3 channels
     assert float(images.amin()) >= 0.0 and float(images.amax()) <= 1.0
@@ -97,13 +98,13 @@ def test_sample_is_seeded_ordered_and_rounded_to_even(tmp_path: Path) -> None:
     for index in range(5):
         _png(tmp_path / "imagesTr" / f"img{index}.png", value=index * 40, size=12)
     _png(tmp_path / "imagesTr" / "rgb.png", value=7, size=12, mode="RGB")
-    first = sample_target_images(tmp_path, n_images=4, seed=1, size=8)
-    again = sample_target_images(tmp_path, n_images=4, seed=1, size=8)
-    other = sample_target_images(tmp_path, n_images=4, seed=2, size=8)
+    first = sample_target("generic", str(tmp_path), slice_axis=2, n_images=4, seed=1, size=8)
+    again = sample_target("generic", str(tmp_path), slice_axis=2, n_images=4, seed=1, size=8)
+    other = sample_target("generic", str(tmp_path), slice_axis=2, n_images=4, seed=2, size=8)
     assert torch.equal(first, again) and not torch.equal(first, other)
     (tmp_path / "imagesTr" / "rgb.png").unlink()
     with pytest.warns(UserWarning, match="using 4"):
-        assert sample_target_images(tmp_path, n_images=8, seed=0, size=8).shape[0] == 4
+        assert sample_target("generic", str(tmp_path), slice_axis=2, n_images=8, seed=0, size=8).shape[0] == 4
 
 
 def test_sixteen_bit_images_are_percentile_scaled(tmp_path: Path) -> None:
@@ -112,7 +113,7 @@ def test_sixteen_bit_images_are_percentile_scaled(tmp_path: Path) -> None:
     (tmp_path / "imagesTr").mkdir()
     np.save(tmp_path / "imagesTr" / "a.npy", ramp)
     np.save(tmp_path / "imagesTr" / "b.npy", ramp[::-1].copy())
-    images = sample_target_images(tmp_path, n_images=2, seed=0, size=64)
+    images = sample_target("generic", str(tmp_path), slice_axis=2, n_images=2, seed=0, size=64)
     assert float(images.min()) == 0.0 and float(images.max()) == 1.0
 
 
@@ -129,4 +130,4 @@ def test_unusable_target_sets_are_refused(tmp_path: Path, prepare, message: str)
     root = tmp_path / "target"
     prepare(root)
     with pytest.raises(DataError, match=message):
-        sample_target_images(root, n_images=4, seed=0, size=8)
+        sample_target("generic", str(root), slice_axis=2, n_images=4, seed=0, size=8)

@@ -72,16 +72,18 @@ def train_epoch(
     accumulation_steps: int,
     updates: int,
     on_update: Callable[[], None],
+    train_mode: Callable[[nn.Module], object] = nn.Module.train,
 ) -> dict[str, float]:
     """Run ``updates`` optimizer updates of ``accumulation_steps`` micro-batches each.
 
     ``batches`` yields (images, targets, skipped_count); micro-batches beyond
     ``updates * accumulation_steps`` are not read, so every update sees the
     same number of micro-batches. ``on_update`` runs after each update (the
-    learning-rate schedule). Returns the mean loss, throughput and the number
-    of skipped (unreadable) items.
+    learning-rate schedule). ``train_mode`` puts the model in training mode
+    (a stage may keep parts of it in eval mode). Returns the mean loss,
+    throughput and the number of skipped (unreadable) items.
     """
-    model.train()
+    train_mode(model)
     optimizer.zero_grad(set_to_none=True)
     total_loss, micro_batches, images_seen, skipped = 0.0, 0, 0, 0
     started = time.perf_counter()

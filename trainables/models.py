@@ -8,8 +8,9 @@ ignored) and verified tensor by tensor afterwards.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -156,3 +157,75 @@ def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     differing = [k for k in given if not torch.equal(loaded[k].cpu(), given[k].to(loaded[k].dtype).cpu())]
     if differing:
         raise CheckpointError(f"checkpoint {source}: tensors differ after loading: {_listing(differing)}")
+
+
+def _encoder_key_in(source: Mapping[str, torch.Tensor], key: str) -> str | None:
+    """The classifier key of a U-Net encoder key (timm's feature wrapper flattens top-level
+    ``nn.Sequential``s: ``stem.0.weight`` becomes ``stem_0.weight``)."""
+    for candidate in (key, re.sub(r"^([^.]+)_(\d+)\.", r"\1.\2.", key)):
+        if candidate in source:
+            return candidate
+    return None
+
+
+def transfer_encoder(unet: nn.Module, classifier: nn.Module, source: str) -> None:
+    """Copy a classifier's backbone into a ``smp.Unet("tu-...")`` encoder; every encoder tensor must
+    be found, and equals the classifier's afterwards (smp/timm's own loading never fails on a wrong file)."""
+    weights = classifier.state_dict()
+    encoder: Any = cast(Any, unet).encoder.model
+    mapped, missing = {}, []
+    for key in encoder.state_dict():
+        found = _encoder_key_in(weights, key)
+        if found is None:
+            missing.append(key)
+        else:
+            mapped[key] = weights[found]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} leaves U-Net encoder tensors unset: {_listing(missing)}")
+    encoder.load_state_dict(mapped, strict=True)
+    loaded = encoder.state_dict()
+    differing = [
+        k for k, v in mapped.items() if not torch.equal(loaded[k].cpu(), v.to(loaded[k].dtype).cpu())
+    ]
+    if differing:
+        raise CheckpointError(
+            f"checkpoint {source}: encoder tensors differ after loading: {_listing(differing)}"
+        )
+
+
+def sum_stem_to_grey(unet: nn.Module) -> None:
+    """Adapt the encoder to 1-channel input by summing the RGB filters of its first convolution
+    (a grey image repeated 3 times gives the same response)."""
+    encoder: Any = unet.encoder
+    stem = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3)
+    stem.weight = nn.Parameter(stem.weight.detach().sum(dim=1, keepdim=True))
+    stem.in_channels = 1
+    encoder._in_channels = 1
+
+
+def create_unet(
+    encoder: str,
+    classes: int,
+    in_channels: int,
+    weights: Mapping[str, torch.Tensor] | None = None,
+    source: str = "weights",
+) -> nn.Module:
+    """``smp.Unet`` on the timm encoder ``encoder`` with a freshly initialised decoder.
+
+    ``weights`` (a timm classifier state_dict) are loaded strictly over the
+    backbone and verified; None keeps the encoder's random initialisation.
+    ``in_channels`` 1 sums the stem's RGB filters; 3 keeps them.
+    """
+    import segmentation_models_pytorch as smp
+
+    _require_known_model(encoder)
+    if in_channels not in (1, 3):
+        raise ModelError(f"images with {in_channels} channels are not supported: use grey or RGB images")
+    unet = smp.Unet(f"tu-{encoder}", encoder_weights=None, in_channels=3, classes=classes)
+    if weights is not None:
+        classifier = create_classifier(encoder, num_classes=0)
+        load_backbone(classifier, weights, source)
+        transfer_encoder(unet, classifier, source)
+    if in_channels == 1:
+        sum_stem_to_grey(unet)
+    return unet

@@ -44,7 +44,7 @@ from trainables.data.classification import (
     make_loader,
     seed_epoch,
 )
-from trainables.data.segmentation import sample_target_images
+from trainables.data.targets import sample_target
 from trainables.errors import DataError
 from trainables.loops import LossFn, Precision, evaluate_classifier, train_epoch
 from trainables.models import create_classifier, load_backbone
@@ -140,12 +140,13 @@ def build_probes(
     """One probe per target set: its fixed image sample in two fixed views."""
     probes = {}
     for target in score.targets:
-        images = sample_target_images(
+        images = sample_target(
+            target.format,
             target.root,
+            slice_axis=target.slice_axis,
             n_images=score.n_images,
             seed=score.sample_seed,
             size=score.image_size,
-            slice_axis=target.slice_axis,
         )
         probes[target.name] = RobustnessProbe(
             images,

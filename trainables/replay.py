@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from pathlib import Path
 from typing import Any
 
-from ray import tune
-
+from trainables import tune_bridge
 from trainables.peak import PeakRule, assess
 from trainables.records import read_record, write_record
 
@@ -30,19 +30,14 @@ def replay_trainable(config: dict[str, Any]) -> None:
     """Report ``metric`` at every epoch of the chosen curve, with a record checkpoint each time."""
     curve = config["curves"][int(config["curve_index"])]
     metric, rule = config.get("metric", "robustness"), PeakRule(**config.get("peak", {}))
-    context = tune.get_context()
     record = {
-        "trial_id": context.get_trial_id(),
-        "trial_name": context.get_trial_name(),
+        **tune_bridge.trial_labels(),
         **curve.get("labels", {}),
         "metric": metric,
         "rule": dataclasses.asdict(rule),
     }
-    history: list[dict[str, Any]] = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            history = read_record(folder)["history"]
+    restored = tune_bridge.restore(read_record)
+    history: list[dict[str, Any]] = restored["history"] if restored else []
     done = {int(row["epoch"]) for row in history}
     for epoch, value in zip(curve["epochs"], curve["values"], strict=True):
         if int(epoch) in done:
@@ -52,4 +47,4 @@ def replay_trainable(config: dict[str, Any]) -> None:
         history.append(row)
         with tempfile.TemporaryDirectory(prefix="medseg-replay-") as folder:
             write_record(folder, {"epoch": int(epoch), **record, "history": history})
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune_bridge.report(row, Path(folder))

@@ -191,7 +191,7 @@ class TargetSet:
 
     name: str
     root: str
-    format: Literal["generic"] = "generic"
+    format: Literal["generic", "acdc", "covid_qu", "idrid"] = "generic"
     slice_axis: Int = Field(default=2, ge=0, le=2)
     primary: Bool = False
 

@@ -1,0 +1,91 @@
+"""The lifecycle of an experiment folder, shared by every stage's Tune experiment.
+
+An experiment lives in ``<storage_path>/<name>`` with its resolved config
+saved as ``medseg-config.yaml``. Running the same command again resumes it
+(``Tuner.restore``: unfinished and errored trials continue from their last
+checkpoints, finished ones are not re-run); running it with a changed config
+is refused with the list of changed keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from search.config import CONFIG_FILE, changed_keys, dump_yaml
+from search.progress import error_line, shorten_user_errors
+from search.snapshots import repair_experiment_state
+from trainables.errors import ConfigError
+
+
+def prepare_folder(path: Path, resolved: Mapping[str, Any]) -> bool:
+    """Save the resolved config, or compare it with the saved one; True when there is a run to resume."""
+    saved_file = path / CONFIG_FILE
+    if saved_file.exists():
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        changed = changed_keys(saved, resolved)
+        if changed:
+            raise ConfigError(
+                f"experiment {path} was started with a different config (changed: "
+                f"{', '.join(changed)}); rerun with the same config to resume, or pass --new "
+                "(or another --name) to start a fresh experiment"
+            )
+        if tune.Tuner.can_restore(str(path)):
+            return True
+        _set_aside_unrestorable(path)
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    saved_file.write_text(dump_yaml(resolved))
+    return False
+
+
+def _set_aside_unrestorable(path: Path) -> None:
+    """Move what a run that died before Tune's first snapshot left out of the way."""
+    leftovers = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != CONFIG_FILE]
+    if leftovers:
+        aside = path / f".unrestorable-{int(time.time())}"
+        aside.mkdir()
+        for item in leftovers:
+            item.rename(aside / item.name)
+
+
+def run_experiment(
+    path: Path,
+    resolved: Mapping[str, Any],
+    *,
+    trainable: Any,
+    param_space: dict[str, Any],
+    build_tuner: Callable[[], tune.Tuner],
+    trials: int,
+    out: Callable[[str], None],
+) -> dict[str, str]:
+    """Start or resume the experiment at ``path`` and run it to the end; the one-line errors of
+    failed trials, by trial folder name. Needs a Ray session."""
+    shorten_user_errors()
+    if prepare_folder(path, resolved):
+        out(f"resuming experiment {path}")
+        if repair_experiment_state(path):
+            out("the last experiment snapshot was cut off by the interruption; using the one before it")
+        # callbacks (the progress printer, the scheduler's state) come back with tuner.pkl
+        tuner = tune.Tuner.restore(
+            str(path),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+    else:
+        out(f"starting experiment {path} with {trials} trial(s)")
+        tuner = build_tuner()
+    results = tuner.fit()
+    errors = {}
+    for index in range(len(results)):
+        result = results[index]
+        if result.error is not None:
+            errors[Path(result.path).name] = error_line(result.error) or "error"
+    return errors
