@@ -91,3 +91,25 @@ def make_config(tmp_path: Path, demo_data: dict[str, Path]):
         return path
 
     return make
+
+
+@pytest.fixture
+def tiny_segmentation_set(tmp_path: Path) -> Path:
+    """A generic-layout 2D set: grey 32 x 32 images with a bright square, its mask (class 1); 10 + 3 cases."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "tiny-seg"
+    rng = np.random.default_rng(0)
+    for folder, count, prefix in (("Tr", 10, "case"), ("Ts", 3, "test")):
+        (root / f"images{folder}").mkdir(parents=True)
+        (root / f"labels{folder}").mkdir(parents=True)
+        for index in range(count):
+            top, left = rng.integers(2, 18, size=2)
+            image = rng.integers(0, 60, (32, 32)).astype(np.uint8)
+            mask = np.zeros((32, 32), np.uint8)
+            image[top : top + 12, left : left + 12] += 150
+            mask[top : top + 12, left : left + 12] = 1
+            Image.fromarray(image).save(root / f"images{folder}" / f"{prefix}{index}.png")
+            Image.fromarray(mask).save(root / f"labels{folder}" / f"{prefix}{index}.png")
+    return root

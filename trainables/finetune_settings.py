@@ -105,6 +105,7 @@ class FinetuneSettings:
     channels_last: Bool = True
     train_batches_per_epoch: Int | None = Field(default=None, ge=1)
     eval_batch_size: Int = Field(default=16, ge=1)
+    record_step_losses: Int = Field(default=0, ge=0)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -145,6 +146,17 @@ class FinetuneTrial:
     source: SourceCheckpoint
     mode: Literal["finetune", "frozen"] = "finetune"
     workers: Int = Field(default=1, ge=1)
+    cpus_per_worker: Float = Field(default=1.0, gt=0)
+    gpus_per_worker: Float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self) -> FinetuneTrial:
+        if self.finetune.batch_size % self.workers:
+            raise ValueError(
+                f"finetune.batch_size ({self.finetune.batch_size}) must be a multiple of the "
+                f"{self.workers} data-parallel workers: every worker takes an equal share of each batch"
+            )
+        return self
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "trial config") -> FinetuneTrial:

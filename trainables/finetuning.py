@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +32,7 @@ from trainables.checkpoints import capture_rng, read_weights, restore_rng, save_
 from trainables.data.formats import find_cases
 from trainables.data.samples import SegmentationDataset, input_statistics, load_split, train_transform
 from trainables.data.splits import Splits, make_splits
+from trainables.distributed import Distribution, GlobalBatchSampler, unwrap
 from trainables.errors import CheckpointError, DataError
 from trainables.evaluation import evaluate_parts
 from trainables.finetune_settings import FinetuneTrial, SourceCheckpoint
@@ -41,7 +42,9 @@ from trainables.pretraining import seed_everything
 from trainables.records import atomic_write, write_record
 from trainables.settings import NORMALIZATIONS
 
-Reporter = Callable[[dict[str, Any], Path], None]
+#: report(metrics, checkpoint_dir): once per epoch; checkpoint_dir is None on every data-parallel
+#: worker but the main one
+Reporter = Callable[[dict[str, Any], Path | None], None]
 HISTORY_FILE = "history.json"
 TIMING_METRICS = ("train_images_per_s", "epoch_time_s")
 
@@ -111,11 +114,23 @@ class FinetuningRun:
     std: list[float]
     updates_per_epoch: int
     loss: LossFn
+    distribution: Distribution = field(default_factory=Distribution)
+    step_losses: list[float] = field(default_factory=list)
+
+    @property
+    def module(self) -> nn.Module:
+        """The U-Net itself (inside any data-parallel wrapper)."""
+        return unwrap(self.model)
+
+    def record_step_loss(self, loss: torch.Tensor) -> None:
+        """Keep the first ``finetune.record_step_losses`` step losses (averaged over workers)."""
+        if len(self.step_losses) < self.trial.finetune.record_step_losses:
+            self.step_losses.append(self.distribution.mean(loss))
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
         if self.trial.mode == "frozen":
-            cast(Any, model).encoder.eval()
+            cast(Any, unwrap(model)).encoder.eval()
         if self.trial.finetune.freeze_batchnorm:
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -124,7 +139,7 @@ class FinetuningRun:
     def state(self, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "epoch": epoch,
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -133,7 +148,7 @@ class FinetuningRun:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
@@ -155,8 +170,15 @@ def build_model(trial: FinetuneTrial, channels: int) -> nn.Module:
     return model
 
 
-def build_run(trial: FinetuneTrial, precision: Precision, splits: Splits) -> FinetuningRun:
-    """Data, model, optimizer and schedule of a trial, seeded by ``finetune.seed``."""
+def build_run(
+    trial: FinetuneTrial, precision: Precision, splits: Splits, distribution: Distribution | None = None
+) -> FinetuningRun:
+    """Data, model, optimizer and schedule of a trial, seeded by ``finetune.seed``.
+
+    Each worker of a data-parallel trial loads its share of every global batch
+    of ``finetune.batch_size`` (see :class:`~trainables.distributed.GlobalBatchSampler`).
+    """
+    distribution = distribution or Distribution()
     settings, data = trial.finetune, trial.data
     seed_everything(settings.seed)
     train_parts = load_split(splits.train, split="train", evaluation=False, source=data.root)
@@ -166,14 +188,17 @@ def build_run(trial: FinetuneTrial, precision: Precision, splits: Splits) -> Fin
     dataset = SegmentationDataset(
         train_parts, train_transform(data.image_size, data.resize, data.augment, settings.seed), mean, std
     )
+    generator = torch.Generator()
+    sampler = GlobalBatchSampler(
+        len(dataset), settings.batch_size, distribution.rank, distribution.world, generator
+    )
     loader = DataLoader(
         dataset,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        drop_last=True,
+        batch_size=sampler.share,
+        sampler=sampler,
         num_workers=data.num_workers,
         collate_fn=_collate,
-        generator=torch.Generator(),
+        generator=generator,
         pin_memory=precision.device.type == "cuda",
     )
     updates = (
@@ -186,7 +211,7 @@ def build_run(trial: FinetuneTrial, precision: Precision, splits: Splits) -> Fin
             f"the train split of {data.root} holds {len(dataset)} samples, fewer than one batch of "
             f"{settings.batch_size}: lower finetune.batch_size"
         )
-    model = precision.prepare(build_model(trial, channels))
+    model = distribution.wrap(precision.prepare(build_model(trial, channels)))
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=settings.lr,
@@ -210,6 +235,7 @@ def build_run(trial: FinetuneTrial, precision: Precision, splits: Splits) -> Fin
         std,
         updates,
         _loss(settings.loss),
+        distribution,
     )
 
 
@@ -231,12 +257,16 @@ def run_epoch(run: FinetuningRun, epoch: int) -> dict[str, Any]:
             updates=run.updates_per_epoch,
             on_update=run.schedule.step,
             train_mode=run.train_mode,
+            on_loss=run.record_step_loss,
         )
     )
+    metrics["train_loss"] = run.distribution.mean(torch.tensor(metrics["train_loss"]))
     metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    if not run.distribution.is_main:  # validation, records and checkpoints are the main worker's
+        return metrics
     data = run.trial.data
     _, summary = evaluate_parts(
-        run.model,
+        run.module,
         run.val_parts,
         data.class_names,
         run.precision,
@@ -266,13 +296,22 @@ def run_finetuning(
     num_threads: int | None = None,
     labels: dict[str, Any] | None = None,
     record_dir: Path | None = None,
+    distribution: Distribution | None = None,
 ) -> None:
-    """Train until ``finetune.epochs``, reporting validation metrics and a checkpoint every epoch."""
+    """Train until ``finetune.epochs``, reporting validation metrics and a checkpoint every epoch.
+
+    In a data-parallel trial every worker runs this; only the main one
+    validates, writes ``history.json`` and checkpoints (the others report
+    their averaged training loss without a checkpoint).
+    """
     if num_threads:
         torch.set_num_threads(num_threads)
     settings = trial.finetune
     precision = Precision.choose(device or settings.device, settings.amp, settings.channels_last)
-    run = build_run(trial, precision, trial_splits(trial))
+    if precision.device.type == "cuda" and 0 < trial.gpus_per_worker < 1:
+        # a fraction of a GPU: stay within it, so trials sharing the card do not starve each other
+        torch.cuda.set_per_process_memory_fraction(trial.gpus_per_worker)
+    run = build_run(trial, precision, trial_splits(trial), distribution)
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if restore_state is not None:
@@ -287,9 +326,12 @@ def run_finetuning(
     }
     for epoch in range(start_epoch, settings.epochs + 1):
         metrics = run_epoch(run, epoch)
+        if not run.distribution.is_main:
+            report(metrics, None)
+            continue
         history.append({k: v for k, v in metrics.items() if k not in TIMING_METRICS})
         if record_dir is not None:
-            write_history(record_dir, history, record)
+            write_history(record_dir, history, {**record, "step_losses": run.step_losses})
         with tempfile.TemporaryDirectory(prefix="medseg-ckpt-") as checkpoint_dir:
             save_training_state(checkpoint_dir, run.state(epoch, history))
             write_record(checkpoint_dir, {"epoch": epoch, **record, "history": history})

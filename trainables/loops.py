@@ -73,6 +73,7 @@ def train_epoch(
     updates: int,
     on_update: Callable[[], None],
     train_mode: Callable[[nn.Module], object] = nn.Module.train,
+    on_loss: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Run ``updates`` optimizer updates of ``accumulation_steps`` micro-batches each.
 
@@ -80,7 +81,8 @@ def train_epoch(
     ``updates * accumulation_steps`` are not read, so every update sees the
     same number of micro-batches. ``on_update`` runs after each update (the
     learning-rate schedule). ``train_mode`` puts the model in training mode
-    (a stage may keep parts of it in eval mode). Returns the mean loss,
+    (a stage may keep parts of it in eval mode); ``on_loss`` sees every
+    micro-batch's loss (detached). Returns the mean loss,
     throughput and the number of skipped (unreadable) items.
     """
     train_mode(model)
@@ -99,6 +101,8 @@ def train_epoch(
             loss = compute_loss(model, images, targets)
         scaler.scale(loss / accumulation_steps).backward()
         total_loss += float(loss.detach())
+        if on_loss is not None:
+            on_loss(loss.detach())
         images_seen += images.shape[0]
         if micro_batches % accumulation_steps == 0:
             scaler.step(optimizer)

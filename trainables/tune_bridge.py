@@ -14,9 +14,10 @@ from typing import Any
 from ray import tune
 
 
-def report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
     """One ``tune.report`` with the folder as the epoch's checkpoint (Ray copies it to storage)."""
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=checkpoint)
 
 
 def restore(read: Callable[[str], Any]) -> Any | None:
@@ -28,9 +29,15 @@ def restore(read: Callable[[str], Any]) -> Any | None:
         return read(folder)
 
 
-def trial_labels() -> dict[str, str]:
+def trial_labels() -> dict[str, Any]:
+    """The trial's id and name, and the resources Tune gave it (CPU, GPU, ...)."""
     context = tune.get_context()
-    return {"trial_id": context.get_trial_id(), "trial_name": context.get_trial_name()}
+    resources = context.get_trial_resources()
+    return {
+        "trial_id": context.get_trial_id(),
+        "trial_name": context.get_trial_name(),
+        "resources": dict(resources.required_resources) if resources else {},
+    }
 
 
 def trial_cpus() -> int | None:
@@ -41,4 +48,17 @@ def trial_cpus() -> int | None:
 
 
 def trial_dir() -> Path:
+    """The trial's local folder (Tune syncs what is written here to the storage path)."""
     return Path(tune.get_context().get_trial_dir())
+
+
+def trial_storage_path() -> str:
+    """The trial's folder on the experiment's storage (shared by every node of a cluster).
+
+    Ray 2.60 has no public accessor; its session's storage context holds it.
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    storage = getattr(session, "storage", None) if session is not None else None
+    return str(storage.trial_fs_path) if storage is not None else str(trial_dir())

@@ -92,15 +92,19 @@ def _from_file(path: Path, cases: list[Case]) -> dict[str, list[Case]]:
 
 
 def _check(splits: dict[str, list[Case]], source: str) -> None:
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     for name in SPLIT_NAMES:
         if not splits.get(name):
             raise DataError(f"the {name} split of {source} is empty: every split needs at least one case")
         for case in splits[name]:
-            for key in {case.case_id, f"group:{case.group}"}:
+            keys = [("case", case.case_id)] + (
+                [("patient", case.group)] if case.group != case.case_id else []
+            )
+            for key in keys:
                 if key in seen and seen[key] != name:
-                    what = f"patient {case.group!r}" if key.startswith("group:") else f"case {case.case_id!r}"
-                    raise DataError(f"{what} of {source} is in both the {seen[key]} and the {name} split")
+                    raise DataError(
+                        f"{key[0]} {key[1]!r} of {source} is in both the {seen[key]} and the {name} split"
+                    )
                 seen[key] = name
 
 
