@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from search import __version__
 from trainables.errors import ConfigError, MedsegError
@@ -47,6 +48,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="run (or resume) the whole study: pretrain, select, downstream, report",
+        description="Pretraining search with peak stopping, selection, downstream search and test, report; "
+        "tracked in MLflow. Rerunning the same command resumes where it stopped.",
+    )
+    _add_config_arguments(pipeline)
+    pipeline.set_defaults(handler=_cmd_pipeline)
+
+    resume = commands.add_parser(
+        "resume",
+        help="resume a pipeline from its saved config",
+        description="Continue an interrupted pipeline from the config saved in its folder.",
+    )
+    resume.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    resume.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    resume.set_defaults(handler=_cmd_resume)
+
+    status = commands.add_parser("status", help="where a pipeline or experiment stands")
+    status.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    status.set_defaults(handler=_cmd_status)
+
+    report = commands.add_parser("report", help="write the report of a pipeline (Markdown + PNG)")
+    report.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    report.set_defaults(handler=_cmd_report)
+
+    export = commands.add_parser("export", help="export the selected encoders and the best U-Nets")
+    export.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    export.add_argument("--out", required=True, help="output folder")
+    export.set_defaults(handler=_cmd_export)
+
+    predict = commands.add_parser(
+        "predict", help="masks for new images or NIfTI volumes with an exported U-Net"
+    )
+    predict.add_argument("--model", required=True, help="an exported U-Net (.json or .safetensors in unets/)")
+    predict.add_argument(
+        "--input", required=True, nargs="+", help="image or volume files, or folders of them"
+    )
+    predict.add_argument("--out", required=True, help="output folder for the masks")
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    predict.set_defaults(handler=_cmd_predict)
+
+    ui = commands.add_parser("ui", help="open the MLflow UI of a pipeline")
+    ui.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_cmd_ui)
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -174,6 +223,102 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--storage-path", help="keep the Tune experiments here (default: a temporary folder)")
     replay.set_defaults(handler=_cmd_replay)
     return parser
+
+
+def _run_pipeline(pipeline: Any, address: str | None) -> int:
+    from search.pipeline import Interrupted, run_pipeline
+    from search.runtime import ray_session
+
+    try:
+        with ray_session(address):
+            return run_pipeline(pipeline)
+    except Interrupted:
+        pipeline.tracking().finish_open_runs("KILLED")
+        raise
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from search.pipeline import load_pipeline
+
+    overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    pipeline = load_pipeline(args.config, overrides)
+    if args.new:
+        pipeline = load_pipeline(
+            args.config, overrides + [f"name={pipeline.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
+        )
+    return _run_pipeline(pipeline, args.address)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.config import CONFIG_FILE, read_yaml
+    from search.pipeline import load_pipeline
+
+    saved = Path(args.experiment) / CONFIG_FILE
+    if not saved.exists():
+        raise MedsegError(f"{args.experiment} holds no {CONFIG_FILE}: give the folder of a pipeline")
+    return _run_pipeline(load_pipeline(None, raw=read_yaml(saved)), args.address)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from search.status import describe
+
+    print(describe(args.experiment))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.report import REPORT_FOLDER, build_report
+
+    folder = Path(args.experiment).resolve()
+    print(build_report(folder / "pretrain", folder / "downstream", folder / REPORT_FOLDER))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from search.export import export
+
+    for path in export(args.experiment, args.out):
+        print(path)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from search.export import predict_files
+
+    for path in predict_files(args.model, args.input, args.out, args.device):
+        print(path)
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from search.tracking import default_uri
+
+    folder = Path(args.experiment).resolve()
+    if not (folder / "mlflow.db").exists():
+        raise MedsegError(
+            f"{folder} holds no mlflow.db: run a pipeline there first (or open your tracking server)"
+        )
+    print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        default_uri(folder),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    return subprocess.call(command)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -310,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except MedsegError as exc:
         print(f"medseg-search: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("medseg-search: interrupted", file=sys.stderr)
         return 130

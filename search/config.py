@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass as plain_dataclass
@@ -24,6 +25,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass
 
 from search.demo_data import materialise
+from search.spaces import SearchSpace, parse_space
 from search.storage import check_writable
 from trainables.errors import ConfigError
 from trainables.settings import (
@@ -41,6 +43,7 @@ from trainables.settings import (
 
 CONFIG_FILE = "medseg-config.yaml"
 TRIAL_SECTIONS = ("classification", "pretrain", "score", "peak")
+SPACE_SECTIONS = ("pretrain", "classification", "score")  # not peak: the rule is the scheduler's
 _STRICT = ConfigDict(extra="forbid")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -50,9 +53,15 @@ class TuneSettings:
     """How Ray Tune runs the trials."""
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: Literal["grid", "random", "optuna"] = "grid"
+    space: dict[str, Any] = Field(default_factory=dict)
+    num_samples: Int = Field(default=1, ge=1)
+    seed: Int = 0
+    time_budget_s: Float | None = Field(default=None, gt=0)
     max_concurrent_trials: Int | None = Field(default=None, ge=1)
     cpus_per_trial: Float = Field(default=1.0, gt=0)
     gpus_per_trial: Float = Field(default=0.0, ge=0)
+    custom_resources: dict[str, Float] = Field(default_factory=dict)
     scheduler: Literal["peak", "fifo"] = "peak"
     checkpoint_num_to_keep: Int | None = Field(default=None, ge=1)
     max_failures: Int = Field(default=0, ge=-1)
@@ -110,6 +119,7 @@ class Experiment:
     config: ExperimentConfig
     raw: Mapping[str, Any]
     variants: tuple[dict[str, Any], ...] = plain_field(default=())
+    space: SearchSpace = plain_field(default_factory=lambda: SearchSpace(()))
 
     @property
     def path(self) -> Path:
@@ -131,6 +141,15 @@ class Experiment:
         trial = {section: resolved[section] for section in TRIAL_SECTIONS}
         trial["pretrain"] = {k: v for k, v in resolved["pretrain"].items() if k in self.raw["pretrain"]}
         return trial
+
+    @property
+    def trial_count(self) -> int:
+        """How many trials the search runs (grid: every combination, ``num_samples`` times)."""
+        settings = self.config.tune
+        if settings.search == "optuna":
+            return settings.num_samples
+        grids = [len(d.values) for d in self.space.dimensions if d.distribution == "grid"]
+        return len(self.variants) * math.prod(grids) * settings.num_samples
 
     def trial_configs(self) -> list[dict[str, Any]]:
         """One trial config per grid combination (a single one without a grid)."""
@@ -214,6 +233,7 @@ def load_experiment(
     *,
     raw: Mapping[str, Any] | None = None,
     materialise_demo: bool = True,
+    demo_dir: Path | None = None,
 ) -> Experiment:
     """Read, override, validate; materialise demo data; validate every trial variant.
 
@@ -227,14 +247,32 @@ def load_experiment(
     config = validate(ExperimentConfig, data, source)
     if materialise_demo:
         check_writable(config.storage_path)
-        _resolve_demo_roots(data, Path(config.storage_path) / "demo-data")
+        _resolve_demo_roots(data, demo_dir or Path(config.storage_path) / "demo-data")
         config = validate(ExperimentConfig, data, source)
     experiment = Experiment(config=config, raw=data)
     variants = []
     for trial in experiment.trial_configs():
         validate(PretrainTrial, trial, f"{source} (trial {_describe_variant(trial, config.tune.grid)})")
         variants.append(trial)
-    return Experiment(config=config, raw=data, variants=tuple(variants))
+    space = checked_space(config.tune, SPACE_SECTIONS, variants[0], PretrainTrial, source)
+    return Experiment(config=config, raw=data, variants=tuple(variants), space=space)
+
+
+def checked_space(
+    settings: Any, sections: tuple[str, ...], base: Mapping[str, Any], trial_class: Any, source: str
+) -> SearchSpace:
+    """A stage's ``tune.space``, refused up front when invalid or when a bound makes an invalid trial."""
+    space = parse_space(settings.space, settings.search, sections, f"{source}: tune.space")
+    if settings.search == "optuna" and settings.grid:
+        raise ConfigError(
+            f"{source}: tune.grid enumerates values, which Optuna does not: move "
+            f"{', '.join(settings.grid)} into tune.space as choice, or use search: random"
+        )
+    if settings.search != "grid" and not space.dimensions:
+        raise ConfigError(f"{source}: search: {settings.search} needs a tune.space to sample from")
+    for label, trial in space.variants_to_validate(base):
+        validate(trial_class, trial, f"{source} (tune.space {label})")
+    return space
 
 
 def _describe_variant(trial: dict[str, Any], grid: Mapping[str, Any]) -> str:

@@ -12,19 +12,23 @@ baselines: random initialisation and user-given files) x mode (``finetune``,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass as plain_dataclass
+from dataclasses import field as plain_field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass
 
-from search.config import NAME_PATTERN, parse_overrides, read_yaml, set_dotted
+from search.config import NAME_PATTERN, checked_space, parse_overrides, read_yaml, set_dotted
 from search.demo_data import materialise
+from search.spaces import SearchSpace
 from search.storage import check_writable
 from trainables.errors import ConfigError, DataError
 from trainables.finetune_settings import FinetuneSettings, FinetuneTrial, SegmentationData, SourceCheckpoint
@@ -68,8 +72,14 @@ class DownstreamTune:
     """How Ray Tune runs the downstream trials."""
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: Literal["grid", "random", "optuna"] = "grid"
+    space: dict[str, Any] = Field(default_factory=dict)
+    num_samples: Int = Field(default=1, ge=1)
+    seed: Int = 0
+    time_budget_s: Float | None = Field(default=None, gt=0)
     cpus_per_trial: Float = Field(default=1.0, gt=0)
     gpus_per_trial: Float = Field(default=0.0, ge=0)
+    custom_resources: dict[str, Float] = Field(default_factory=dict)
     workers_per_trial: Int = Field(default=1, ge=1)
     max_concurrent_trials: Int | None = Field(default=None, ge=1)
     checkpoint_num_to_keep: Int = Field(default=1, ge=1)
@@ -175,6 +185,7 @@ class DownstreamExperiment:
     manifest_path: str
     manifest: Mapping[str, Any]
     sources: tuple[SourceCheckpoint, ...]
+    space: SearchSpace = plain_field(default_factory=lambda: SearchSpace(()))
 
     @property
     def path(self) -> Path:
@@ -191,7 +202,19 @@ class DownstreamExperiment:
             "data": resolved["data"],
             "finetune": dict(self.raw.get("finetune") or {}),
             "workers": self.config.tune.workers_per_trial,
+            "cpus_per_worker": self.config.tune.cpus_per_trial,
+            "gpus_per_worker": self.config.tune.gpus_per_trial,
+            "custom_resources": dict(self.config.tune.custom_resources),
         }
+
+    @property
+    def trial_count(self) -> int:
+        """How many trials the search runs (every combination ``num_samples`` times; Optuna: the samples)."""
+        settings = self.config.tune
+        if settings.search == "optuna":
+            return settings.num_samples
+        grids = [len(d.values) for d in self.space.dimensions if d.distribution == "grid"]
+        return len(self.trial_configs()) * math.prod(grids) * settings.num_samples
 
     def trial_configs(self) -> list[dict[str, Any]]:
         """One trial config per source x mode x seed x grid combination."""
@@ -213,14 +236,17 @@ class DownstreamExperiment:
 
 
 def load_downstream(
-    path: str | Path,
+    path: str | Path | None,
     manifest_path: str | Path,
     overrides: Iterable[str] = (),
     *,
+    raw: Mapping[str, Any] | None = None,
     materialise_demo: bool = True,
+    demo_dir: Path | None = None,
 ) -> DownstreamExperiment:
-    """Read, override and validate the config and the manifest; validate every trial variant."""
-    data = read_yaml(path)
+    """Read (or take ``raw``), override and validate the config and the manifest; validate every trial."""
+    data = copy.deepcopy(dict(raw)) if raw is not None else read_yaml(path)  # type: ignore[arg-type]
+    path = path or "downstream config"
     for key, value in parse_overrides(overrides):
         set_dotted(data, key, value)
     config: DownstreamConfig = validate(DownstreamConfig, data, str(path))
@@ -228,7 +254,7 @@ def load_downstream(
     if materialise_demo and root.startswith(DEMO_SCHEME):
         check_writable(config.storage_path)
         try:
-            data["data"]["root"] = str(materialise(root, Path(config.storage_path) / "demo-data"))
+            data["data"]["root"] = str(materialise(root, demo_dir or Path(config.storage_path) / "demo-data"))
         except KeyError as exc:
             raise ConfigError(str(exc.args[0])) from None
         config = validate(DownstreamConfig, data, str(path))
@@ -236,9 +262,17 @@ def load_downstream(
     experiment = DownstreamExperiment(
         config, data, str(Path(manifest_path).resolve()), manifest, tuple(sources(config, manifest))
     )
-    for trial in experiment.trial_configs():
+    trials = experiment.trial_configs()
+    for trial in trials:
         FinetuneTrial.from_mapping(trial, f"{path} (trial {trial['source']['kind']} {trial['mode']})")
-    return experiment
+    if config.tune.search == "optuna" and len(trials) > 1:
+        raise ConfigError(
+            f"{path}: search: optuna tunes one downstream setting, but {len(trials)} checkpoint x mode x "
+            "seed combinations are selected; narrow trials.kinds, modes and seeds (or the manifest) to "
+            "one, or use search: random, which samples the space for every combination"
+        )
+    space = checked_space(config.tune, DOWNSTREAM_SECTIONS, trials[0], FinetuneTrial, str(path))
+    return dataclasses.replace(experiment, space=space)
 
 
 def check_sources(experiment: DownstreamExperiment) -> None:

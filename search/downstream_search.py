@@ -11,7 +11,7 @@ of every trial.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray import tune
@@ -21,6 +21,7 @@ from search.downstream_config import DownstreamExperiment, plain
 from search.experiments import run_experiment
 from search.progress import print_line
 from search.snapshots import SnapshotBackup
+from search.spaces import build_search_alg
 from trainables.finetune import finetune_trainable
 
 
@@ -30,18 +31,24 @@ def _trainable(experiment: DownstreamExperiment) -> Any:
         # the trial only drives a TorchTrainer, whose workers ask for the CPUs and GPUs themselves
         return tune.with_resources(finetune_trainable, {"cpu": 0})
     return tune.with_resources(
-        finetune_trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+        finetune_trainable,
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},
     )
 
 
 def _param_space(experiment: DownstreamExperiment) -> dict[str, Any]:
     """The trial dict with grid searches over source, mode, seed and ``tune.grid``."""
+    settings = experiment.config.tune
+    if settings.search == "optuna":  # one combination (checked up front); the space is the searcher's
+        return experiment.trial_configs()[0]
     space = experiment.base_trial()
     space["source"] = tune.grid_search([plain(source) for source in experiment.sources])
     space["mode"] = tune.grid_search(list(experiment.config.trials.modes))
     space["finetune"]["seed"] = tune.grid_search(list(experiment.config.trials.seeds))
-    for key, values in experiment.config.tune.grid.items():
+    for key, values in settings.grid.items():
         set_dotted(space, key, tune.grid_search(list(values)))
+    for key, domain in experiment.space.ray_domains(settings.seed).items():
+        set_dotted(space, key, domain)
     return space
 
 
@@ -76,7 +83,9 @@ class DownstreamPrinter(tune.Callback):
         )
 
 
-def build_tuner(experiment: DownstreamExperiment, out: Callable[[str], None]) -> tune.Tuner:
+def build_tuner(
+    experiment: DownstreamExperiment, out: Callable[[str], None], callbacks: Sequence[tune.Callback] = ()
+) -> tune.Tuner:
     settings = experiment.config.tune
 
     def name(trial: Any) -> str:
@@ -86,9 +95,19 @@ def build_tuner(experiment: DownstreamExperiment, out: Callable[[str], None]) ->
         _trainable(experiment),
         param_space=_param_space(experiment),
         tune_config=tune.TuneConfig(
-            metric="dice_mean",
+            metric="dice_mean_best",
             mode="max",
-            max_concurrent_trials=settings.max_concurrent_trials,
+            search_alg=build_search_alg(
+                settings.search,
+                experiment.space,
+                "dice_mean_best",
+                "max",
+                settings.seed,
+                settings.max_concurrent_trials,
+            ),
+            num_samples=settings.num_samples,
+            time_budget_s=settings.time_budget_s,
+            max_concurrent_trials=None if settings.search == "random" else settings.max_concurrent_trials,
             trial_name_creator=name,
             trial_dirname_creator=name,
         ),
@@ -101,14 +120,16 @@ def build_tuner(experiment: DownstreamExperiment, out: Callable[[str], None]) ->
                 checkpoint_score_order="max",
             ),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=[DownstreamPrinter(out), SnapshotBackup(experiment.path)],
+            callbacks=[DownstreamPrinter(out), SnapshotBackup(experiment.path), *callbacks],
             verbose=0,
         ),
     )
 
 
 def run_downstream_search(
-    experiment: DownstreamExperiment, out: Callable[[str], None] = print_line
+    experiment: DownstreamExperiment,
+    out: Callable[[str], None] = print_line,
+    callbacks: Sequence[tune.Callback] = (),
 ) -> dict[str, str]:
     """Run (or resume) the downstream experiment; the one-line errors of failed trials. Needs Ray."""
     return run_experiment(
@@ -116,7 +137,7 @@ def run_downstream_search(
         experiment.resolved(),
         trainable=_trainable(experiment),
         param_space=_param_space(experiment),
-        build_tuner=lambda: build_tuner(experiment, out),
-        trials=len(experiment.trial_configs()),
+        build_tuner=lambda: build_tuner(experiment, out, callbacks),
+        trials=experiment.trial_count,
         out=out,
     )

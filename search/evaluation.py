@@ -26,7 +26,7 @@ from pydantic import TypeAdapter
 from search.progress import print_line
 from trainables.data.samples import LoadedPart, input_statistics, load_split
 from trainables.errors import MedsegError
-from trainables.evaluation import evaluate_parts
+from trainables.evaluation import evaluate_parts, predict
 from trainables.finetune_settings import FinetuneTrial, SegmentationData
 from trainables.finetuning import HISTORY_FILE, trial_splits
 from trainables.loops import Precision
@@ -121,6 +121,7 @@ def test_trial(best: BestCheckpoint, test_sets: _TestSets, precision: Precision)
         "source": best.record["config"]["source"],
         **{f"test_{k}": v for k, v in summary.items()},
     }
+    save_overlays(model, parts, best.trial_dir / "overlays", precision, trial, mean, std)
     payload = json.dumps(metrics, indent=2).encode()
     atomic_write(best.trial_dir / TEST_METRICS_FILE, lambda stream: stream.write(payload))
     with open(best.trial_dir / TEST_CASES_FILE, "w", newline="") as stream:
@@ -128,6 +129,36 @@ def test_trial(best: BestCheckpoint, test_sets: _TestSets, precision: Precision)
         writer.writeheader()
         writer.writerows({**row, "split_mode": trial.data.split.mode} for row in rows)
     return metrics
+
+
+def save_overlays(
+    model: torch.nn.Module,
+    parts: list[LoadedPart],
+    folder: Path,
+    precision: Precision,
+    trial: FinetuneTrial,
+    mean: list[float],
+    std: list[float],
+    count: int = 3,
+) -> None:
+    """Image, truth and prediction of the middle sample of the first ``count`` test cases, as PNGs."""
+    from search.plots import save_overlay
+
+    for part in parts[:count]:
+        middle = len(part.arrays.images) // 2
+        image = part.arrays.images[middle : middle + 1]
+        prediction = predict(
+            model, image, precision, size=trial.data.image_size, resize=trial.data.resize, mean=mean, std=std
+        )
+        assert part.arrays.masks is not None
+        name = part.case_id.replace("/", "_")
+        save_overlay(
+            image[0],
+            part.arrays.masks[middle],
+            prediction[0],
+            folder / f"{name}.png",
+            f"{part.case_id}, sample {middle}",
+        )
 
 
 def evaluate_experiment(

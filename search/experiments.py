@@ -23,8 +23,11 @@ from search.snapshots import repair_experiment_state
 from trainables.errors import ConfigError
 
 
-def prepare_folder(path: Path, resolved: Mapping[str, Any]) -> bool:
-    """Save the resolved config, or compare it with the saved one; True when there is a run to resume."""
+def save_or_compare(path: Path, resolved: Mapping[str, Any]) -> bool:
+    """Save the resolved config in ``path``, or check it equals the saved one; True if one was saved.
+
+    A different config is refused with the list of changed keys.
+    """
     saved_file = path / CONFIG_FILE
     if saved_file.exists():
         saved = yaml.safe_load(saved_file.read_text()) or {}
@@ -35,13 +38,27 @@ def prepare_folder(path: Path, resolved: Mapping[str, Any]) -> bool:
                 f"{', '.join(changed)}); rerun with the same config to resume, or pass --new "
                 "(or another --name) to start a fresh experiment"
             )
-        if tune.Tuner.can_restore(str(path)):
-            return True
-        _set_aside_unrestorable(path)
-        return False
+        return True
     path.mkdir(parents=True, exist_ok=True)
     saved_file.write_text(dump_yaml(resolved))
     return False
+
+
+def prepare_folder(path: Path, resolved: Mapping[str, Any]) -> bool:
+    """Save or compare the config of a Tune experiment folder; True when there is a run to resume."""
+    if not save_or_compare(path, resolved):
+        return False
+    if tune.Tuner.can_restore(str(path)):
+        return True
+    _set_aside_unrestorable(path)
+    return False
+
+
+def unfinished_trials(path: Path) -> list[str]:
+    """Trials of a Tune experiment that neither finished nor failed: after Ctrl+C, ``fit()`` returns
+    as if the experiment had ended, and only this tells an interrupted one from a finished one."""
+    analysis = tune.ExperimentAnalysis(str(path))
+    return [str(t) for t in analysis.trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def _set_aside_unrestorable(path: Path) -> None:

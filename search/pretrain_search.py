@@ -8,19 +8,20 @@ with the list of changed keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from search.config import Experiment
+from search.config import Experiment, set_dotted
 from search.experiments import run_experiment
 from search.progress import EpochPrinter, print_line, trial_label
 from search.scheduler import PeakStoppingScheduler, SchedulerStateCallback
 from search.selection import TrialOutcome, trial_outcomes
 from search.snapshots import SnapshotBackup
+from search.spaces import build_search_alg
 from trainables.pretrain import pretrain_trainable
 from trainables.settings import ScoreSettings
 
@@ -36,20 +37,23 @@ def score_metric_names(score: ScoreSettings) -> list[str]:
 
 
 def _trainable(experiment: Experiment) -> Any:
-    tune_settings = experiment.config.tune
+    settings = experiment.config.tune
     return tune.with_resources(
-        pretrain_trainable, {"cpu": tune_settings.cpus_per_trial, "gpu": tune_settings.gpus_per_trial}
+        pretrain_trainable,
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},
     )
 
 
 def _param_space(experiment: Experiment) -> dict[str, Any]:
+    """The base trial with ``tune.grid`` as grid searches and ``tune.space`` as Ray domains
+    (with Optuna the space lives in the searcher instead)."""
+    settings = experiment.config.tune
     space = experiment.base_trial()
-    for key, values in experiment.config.tune.grid.items():
-        *parents, leaf = key.split(".")
-        node = space
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = tune.grid_search(list(values))
+    for key, values in settings.grid.items():
+        set_dotted(space, key, tune.grid_search(list(values)))
+    if settings.search != "optuna":
+        for key, domain in experiment.space.ray_domains(settings.seed).items():
+            set_dotted(space, key, domain)
     return space
 
 
@@ -71,7 +75,7 @@ def build_tuner(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
     watches the raw score, checkpoints are kept by the smoothed one (so the peak survives), and
     Ray's best result and searchers see the running best."""
     settings, peak = experiment.config.tune, experiment.config.peak
-    grid_keys = list(settings.grid)
+    grid_keys = list(settings.grid) + experiment.space.keys
     scheduler = build_scheduler(experiment)
     callbacks = [*callbacks, SnapshotBackup(experiment.path)]
     if scheduler is not None:
@@ -87,8 +91,18 @@ def build_tuner(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
             metric=f"{peak.metric}_best",
             mode=peak.mode,
             scheduler=scheduler,
-            num_samples=1,
-            max_concurrent_trials=settings.max_concurrent_trials,
+            search_alg=build_search_alg(
+                settings.search,
+                experiment.space,
+                f"{peak.metric}_best",
+                peak.mode,
+                settings.seed,
+                settings.max_concurrent_trials,
+            ),
+            num_samples=settings.num_samples,
+            time_budget_s=settings.time_budget_s,
+            # a random search's generator holds its own limit; Tune wraps other searchers
+            max_concurrent_trials=None if settings.search == "random" else settings.max_concurrent_trials,
             trial_name_creator=name_trial,
             trial_dirname_creator=name_trial,
         ),
@@ -113,10 +127,15 @@ def _run_config(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
     )
 
 
-def run_pretrain_search(experiment: Experiment, out: Callable[[str], None] = print_line) -> SearchOutcome:
+def run_pretrain_search(
+    experiment: Experiment,
+    out: Callable[[str], None] = print_line,
+    callbacks: Sequence[tune.Callback] = (),
+) -> SearchOutcome:
     """Run (or resume) the pretraining experiment; returns what each trial did.
 
-    Needs a Ray session (see :func:`search.runtime.ray_session`).
+    ``callbacks`` (MLflow tracking, say) join the progress printer. Needs a
+    Ray session (see :func:`search.runtime.ray_session`).
     """
     printer = EpochPrinter(score_metric_names(experiment.config.score), experiment.config.peak.metric, out)
     errors = run_experiment(
@@ -124,8 +143,8 @@ def run_pretrain_search(experiment: Experiment, out: Callable[[str], None] = pri
         experiment.resolved(),
         trainable=_trainable(experiment),
         param_space=_param_space(experiment),
-        build_tuner=lambda: build_tuner(experiment, [printer]),
-        trials=len(experiment.variants),
+        build_tuner=lambda: build_tuner(experiment, [printer, *callbacks]),
+        trials=experiment.trial_count,
         out=out,
     )
     return SearchOutcome(trial_outcomes(experiment.path) if _has_checkpoints(experiment.path) else [], errors)

@@ -11,6 +11,7 @@ from typing import Any
 from ray import tune
 
 from trainables.errors import MedsegError
+from trainables.settings import UNSET
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -22,7 +23,9 @@ def trial_label(config: Mapping[str, Any], grid_keys: list[str], trial_id: str) 
         node: Any = config
         for part in key.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
-        parts.append(f"{key.split('.')[-1]}={node}")
+        if node is None or node == UNSET:
+            continue  # a conditional key that does not apply to this trial
+        parts.append(f"{key.split('.')[-1]}={f'{node:.4g}' if isinstance(node, float) else node}")
     return _UNSAFE.sub("-", "_".join(parts + [trial_id]))[:120]
 
 

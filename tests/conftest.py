@@ -93,13 +93,11 @@ def make_config(tmp_path: Path, demo_data: dict[str, Path]):
     return make
 
 
-@pytest.fixture
-def tiny_segmentation_set(tmp_path: Path) -> Path:
+def write_tiny_segmentation_set(root: Path) -> Path:
     """A generic-layout 2D set: grey 32 x 32 images with a bright square, its mask (class 1); 10 + 3 cases."""
     import numpy as np
     from PIL import Image
 
-    root = tmp_path / "tiny-seg"
     rng = np.random.default_rng(0)
     for folder, count, prefix in (("Tr", 10, "case"), ("Ts", 3, "test")):
         (root / f"images{folder}").mkdir(parents=True)
@@ -113,3 +111,15 @@ def tiny_segmentation_set(tmp_path: Path) -> Path:
             Image.fromarray(image).save(root / f"images{folder}" / f"{prefix}{index}.png")
             Image.fromarray(mask).save(root / f"labels{folder}" / f"{prefix}{index}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def segmentation_set_writer():
+    """:func:`write_tiny_segmentation_set`, for fixtures wider than one test."""
+    return write_tiny_segmentation_set
+
+
+@pytest.fixture
+def tiny_segmentation_set(tmp_path: Path) -> Path:
+    """See :func:`write_tiny_segmentation_set`."""
+    return write_tiny_segmentation_set(tmp_path / "tiny-seg")

@@ -181,11 +181,16 @@ def test_changed_keys_lists_dotted_paths() -> None:
 
 
 def test_shipped_configs_are_valid() -> None:
+    from search.pipeline import load_pipeline
+
     repo = Path(__file__).resolve().parents[1]
     files = sorted((repo / "configs").rglob("*.yaml"))
     assert files
     for path in files:
-        if path.parent.name == "downstream":
+        if "pipeline" in path.stem:
+            pipeline = load_pipeline(path, materialise_demo=False)
+            assert pipeline.pretrain.config.name == "pretrain"
+        elif path.parent.name == "downstream":
             validate(DownstreamConfig, read_yaml(path), str(path))
         else:
             load_experiment(path, materialise_demo=False)

@@ -11,6 +11,8 @@ from __future__ import annotations
 class MedsegError(Exception):
     """A problem with the user's input (config, data, checkpoint, storage)."""
 
+    exit_code = 2  # what the command line exits with
+
 
 class ConfigError(MedsegError):
     """An invalid configuration value or key."""

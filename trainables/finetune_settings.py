@@ -148,6 +148,7 @@ class FinetuneTrial:
     workers: Int = Field(default=1, ge=1)
     cpus_per_worker: Float = Field(default=1.0, gt=0)
     gpus_per_worker: Float = Field(default=0.0, ge=0)
+    custom_resources: dict[str, Float] = Field(default_factory=dict)  # per worker, e.g. {big_mem: 1}
 
     @model_validator(mode="after")
     def _batch_splits_over_workers(self) -> FinetuneTrial:

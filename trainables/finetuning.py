@@ -16,6 +16,7 @@ the trial folder: Tune's own history loses rows across restores.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -329,6 +330,11 @@ def run_finetuning(
         if not run.distribution.is_main:
             report(metrics, None)
             continue
+        # the running best: what a searcher (Optuna) optimises, whatever the last epoch did
+        metrics["dice_mean_best"] = max(
+            [row["dice_mean"] for row in history] + [metrics["dice_mean"]],
+            key=lambda v: -math.inf if math.isnan(v) else v,
+        )
         history.append({k: v for k, v in metrics.items() if k not in TIMING_METRICS})
         if record_dir is not None:
             write_history(record_dir, history, {**record, "step_losses": run.step_losses})

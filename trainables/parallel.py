@@ -67,7 +67,11 @@ def worker_loop(config: dict[str, Any]) -> None:
 def fit_data_parallel(trial: FinetuneTrial, config: dict[str, Any]) -> None:
     """Train ``trial`` on ``trial.workers`` Ray Train workers and forward their metrics to Tune."""
     use_gpu = trial.gpus_per_worker > 0
-    resources = {"CPU": trial.cpus_per_worker, **({"GPU": trial.gpus_per_worker} if use_gpu else {})}
+    resources = {
+        "CPU": trial.cpus_per_worker,
+        **({"GPU": trial.gpus_per_worker} if use_gpu else {}),
+        **trial.custom_resources,
+    }
     trial_dir = tune_bridge.trial_dir()
     trainer = TorchTrainer(
         worker_loop,

@@ -299,12 +299,27 @@ class PretrainTrial:
         return validate(cls, data, source)
 
 
+UNSET = "<unset: the search space's condition does not hold>"
+
+
+def drop_unset(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` without the keys a conditional search dimension left :data:`UNSET` (they keep defaults)."""
+    return {
+        key: drop_unset(value) if isinstance(value, Mapping) else value
+        for key, value in data.items()
+        if not (isinstance(value, str) and value == UNSET)
+    }
+
+
 def validate(cls: Any, data: Mapping[str, Any], source: str = "config") -> Any:
-    """Build ``cls`` from ``data``; on failure raise one ConfigError naming every bad key."""
+    """Build ``cls`` from ``data``; on failure raise one ConfigError naming every bad key.
+
+    Keys set to :data:`UNSET` (by a conditional search dimension) are left out.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
     try:
-        return cls(**data)
+        return cls(**drop_unset(data))
     except ValidationError as exc:
         problems = [_describe(error, cls) for error in exc.errors()]
         raise ConfigError(f"invalid {source}: " + "; ".join(problems)) from None
