@@ -230,7 +230,7 @@ def _run_pipeline(pipeline: Any, address: str | None) -> int:
     from search.runtime import ray_session
 
     try:
-        with ray_session(address):
+        with ray_session(address or pipeline.config.ray_address):
             return run_pipeline(pipeline)
     except Interrupted:
         pipeline.tracking().finish_open_runs("KILLED")

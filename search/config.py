@@ -30,6 +30,7 @@ from search.storage import check_writable
 from trainables.errors import ConfigError
 from trainables.settings import (
     DEMO_SCHEME,
+    Bool,
     ClassificationData,
     Float,
     Int,
@@ -62,6 +63,7 @@ class TuneSettings:
     cpus_per_trial: Float = Field(default=1.0, gt=0)
     gpus_per_trial: Float = Field(default=0.0, ge=0)
     custom_resources: dict[str, Float] = Field(default_factory=dict)
+    autoscaler: Bool = False  # True: a trial no node can hold now waits for a new node
     scheduler: Literal["peak", "fifo"] = "peak"
     checkpoint_num_to_keep: Int | None = Field(default=None, ge=1)
     max_failures: Int = Field(default=0, ge=-1)

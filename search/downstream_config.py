@@ -80,6 +80,7 @@ class DownstreamTune:
     cpus_per_trial: Float = Field(default=1.0, gt=0)
     gpus_per_trial: Float = Field(default=0.0, ge=0)
     custom_resources: dict[str, Float] = Field(default_factory=dict)
+    autoscaler: Bool = False  # True: a trial no node can hold now waits for a new node
     workers_per_trial: Int = Field(default=1, ge=1)
     max_concurrent_trials: Int | None = Field(default=None, ge=1)
     checkpoint_num_to_keep: Int = Field(default=1, ge=1)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import tune
 
+from search.cluster import check_cluster
 from search.config import set_dotted
 from search.downstream_config import DownstreamExperiment, plain
 from search.experiments import run_experiment
@@ -132,6 +133,7 @@ def run_downstream_search(
     callbacks: Sequence[tune.Callback] = (),
 ) -> dict[str, str]:
     """Run (or resume) the downstream experiment; the one-line errors of failed trials. Needs Ray."""
+    check_cluster("downstream", experiment.path, [experiment.config.data.root], experiment.config.tune)
     return run_experiment(
         experiment.path,
         experiment.resolved(),

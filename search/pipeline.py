@@ -80,8 +80,20 @@ class PipelineConfig:
     storage_path: str = "./results"
     tracking_uri: str | None = None
     retries: Int = Field(default=1, ge=0)
+    ray_address: str | None = None  # "auto" or "HOST:6379": an existing cluster (--address wins)
 
     _storage = field_validator("storage_path")(absolute_path)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _mounted(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError(
+                f"storage_path {value!r} is a URI: the pipeline keeps its state, manifest and MLflow "
+                "database as files, so mount the bucket or share (NFS, s3fs, gcsfuse) at the same path "
+                "on every node and give that path"
+            )
+        return value
 
     @field_validator("name")
     @classmethod
@@ -107,7 +119,10 @@ class Pipeline:
         return self.path / "selection.json"
 
     def resolved(self) -> dict[str, Any]:
+        """The saved config. Not ``ray_address``: where a study runs is not what it is, so it may
+        resume on another cluster."""
         resolved: dict[str, Any] = plain(self.config)
+        del resolved["ray_address"]
         resolved["pretrain"] = self.pretrain.resolved()
         return resolved
 
@@ -213,6 +228,7 @@ def run_pipeline(pipeline: Pipeline, *, out: Callable[[str], None] = print_line)
     from search.downstream_search import run_downstream_search
     from search.environment import record
     from search.evaluation import evaluate_experiment, format_results
+    from search.preflight import check_downstream, check_experiment
     from search.pretrain_search import run_pretrain_search
     from search.report import REPORT_FOLDER, build_report
     from search.selection import format_manifest, select, write_manifest
@@ -244,6 +260,7 @@ def run_pipeline(pipeline: Pipeline, *, out: Callable[[str], None] = print_line)
         return tracking.run(f"stage/{name}", name, parent=pipeline_run)
 
     if not state.done("pretrain"):
+        check_experiment(pipeline.pretrain)
         state.set("pretrain", attempts=state.stage("pretrain")["attempts"] + 1)
         stage_run("pretrain")
         outcome = run_pretrain_search(
@@ -269,6 +286,7 @@ def run_pipeline(pipeline: Pipeline, *, out: Callable[[str], None] = print_line)
         state.set("select", status="done", finished=time.time())
     downstream = pipeline.downstream()
     if not state.done("downstream"):
+        check_downstream(downstream)
         _add_dataset(folder / "environment.json", downstream.config.data.root, tracking, pipeline_run)
         state.set("downstream", attempts=state.stage("downstream")["attempts"] + 1)
         stage_run("downstream")

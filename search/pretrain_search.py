@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import tune
 
+from search.cluster import check_cluster
 from search.config import Experiment, set_dotted
 from search.experiments import run_experiment
 from search.progress import EpochPrinter, print_line, trial_label
@@ -137,6 +138,15 @@ def run_pretrain_search(
     ``callbacks`` (MLflow tracking, say) join the progress printer. Needs a
     Ray session (see :func:`search.runtime.ray_session`).
     """
+    check_cluster(
+        "pretraining",
+        experiment.path,
+        sorted(
+            {v["classification"]["root"] for v in experiment.variants}
+            | {t["root"] for v in experiment.variants for t in v["score"]["targets"]}
+        ),
+        experiment.config.tune,
+    )
     printer = EpochPrinter(score_metric_names(experiment.config.score), experiment.config.peak.metric, out)
     errors = run_experiment(
         experiment.path,

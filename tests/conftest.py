@@ -123,3 +123,45 @@ def segmentation_set_writer():
 def tiny_segmentation_set(tmp_path: Path) -> Path:
     """See :func:`write_tiny_segmentation_set`."""
     return write_tiny_segmentation_set(tmp_path / "tiny-seg")
+
+
+def tiny_study(storage: Path, mnist: Path, brain: Path, segmentation: Path, name: str = "study") -> dict:
+    """Two tiny pretraining trials (4 epochs each), then a U-Net per selected checkpoint (3 epochs)."""
+    return {
+        "name": name,
+        "storage_path": str(storage),
+        "pretrain": {
+            "classification": {"root": str(mnist), "num_workers": 0},
+            "pretrain": {
+                "model": "resnet10t",
+                "epochs": 4,
+                "image_size": 32,
+                "batch_size": 16,
+                "micro_batch_size": 8,
+                "warmup_epochs": 1,
+                "train_batches_per_epoch": 2,
+                "val_batches": 1,
+            },
+            "score": {"targets": [{"name": "brain", "root": str(brain)}], "n_images": 8, "image_size": 32},
+            "peak": {"smoothing": "none", "grace_period": 1, "patience": 10},
+            "tune": {"grid": {"pretrain.recipe": ["simple", "advanced"]}, "checkpoint_num_to_keep": 2},
+        },
+        "select": {"per_trial": True, "baselines": ["final"]},
+        "downstream": {
+            "data": {
+                "root": str(segmentation),
+                "classes": ["background", "square"],
+                "image_size": 32,
+                "num_workers": 0,
+            },
+            "finetune": {"epochs": 3, "batch_size": 4, "device": "cpu"},
+            "trials": {"kinds": ["peak", "final"], "modes": ["finetune"], "seeds": [0]},
+            "tune": {"cpus_per_trial": 1},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_study_factory():
+    """:func:`tiny_study`, for tests and fixtures of any scope."""
+    return tiny_study

@@ -24,49 +24,16 @@ from trainables.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _study(storage: Path, mnist: Path, brain: Path, segmentation: Path, name: str = "study") -> dict:
-    """Two tiny pretraining trials (4 epochs each), then a U-Net per selected checkpoint (3 epochs)."""
-    return {
-        "name": name,
-        "storage_path": str(storage),
-        "pretrain": {
-            "classification": {"root": str(mnist), "num_workers": 0},
-            "pretrain": {
-                "model": "resnet10t",
-                "epochs": 4,
-                "image_size": 32,
-                "batch_size": 16,
-                "micro_batch_size": 8,
-                "warmup_epochs": 1,
-                "train_batches_per_epoch": 2,
-                "val_batches": 1,
-            },
-            "score": {"targets": [{"name": "brain", "root": str(brain)}], "n_images": 8, "image_size": 32},
-            "peak": {"smoothing": "none", "grace_period": 1, "patience": 10},
-            "tune": {"grid": {"pretrain.recipe": ["simple", "advanced"]}, "checkpoint_num_to_keep": 2},
-        },
-        "select": {"per_trial": True, "baselines": ["final"]},
-        "downstream": {
-            "data": {
-                "root": str(segmentation),
-                "classes": ["background", "square"],
-                "image_size": 32,
-                "num_workers": 0,
-            },
-            "finetune": {"epochs": 3, "batch_size": 4, "device": "cpu"},
-            "trials": {"kinds": ["peak", "final"], "modes": ["finetune"], "seeds": [0]},
-            "tune": {"cpus_per_trial": 1},
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def study_config(
-    tmp_path_factory: pytest.TempPathFactory, demo_data: dict[str, Path], segmentation_set_writer
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_data: dict[str, Path],
+    segmentation_set_writer,
+    tiny_study_factory,
 ) -> Path:
     folder = tmp_path_factory.mktemp("pipeline")
     segmentation = segmentation_set_writer(folder / "tiny-seg")
-    config = _study(folder / "results", demo_data["mnist"], demo_data["brain"], segmentation)
+    config = tiny_study_factory(folder / "results", demo_data["mnist"], demo_data["brain"], segmentation)
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -122,9 +89,11 @@ def _assert_one_finished_run_per_trial_with_lineage(folder: Path) -> None:
 
 
 def test_stage_configs_can_be_inline_or_files_beside_the_pipeline_config(
-    tmp_path: Path, demo_data: dict[str, Path], tiny_segmentation_set: Path
+    tmp_path: Path, demo_data: dict[str, Path], tiny_segmentation_set: Path, tiny_study_factory
 ) -> None:
-    inline = _study(tmp_path / "results", demo_data["mnist"], demo_data["brain"], tiny_segmentation_set)
+    inline = tiny_study_factory(
+        tmp_path / "results", demo_data["mnist"], demo_data["brain"], tiny_segmentation_set
+    )
     (tmp_path / "pre.yaml").write_text(yaml.safe_dump(inline["pretrain"]))
     (tmp_path / "down.yaml").write_text(yaml.safe_dump(inline["downstream"]))
     (tmp_path / "study.yaml").write_text(
@@ -144,25 +113,31 @@ def test_stage_configs_can_be_inline_or_files_beside_the_pipeline_config(
         ({"name": "a/b"}, "folder name"),
         ({"retries": -1}, "retries"),
         ({"select": {"top_k": 0}}, "top_k"),
+        ({"storage_path": "s3://bucket/results"}, "mount the bucket"),
     ],
 )
 def test_bad_pipeline_configs_are_refused_on_one_line(
-    tmp_path: Path, demo_data: dict[str, Path], tiny_segmentation_set: Path, change: dict, message: str
+    tmp_path: Path,
+    demo_data: dict[str, Path],
+    tiny_segmentation_set: Path,
+    tiny_study_factory,
+    change: dict,
+    message: str,
 ) -> None:
-    raw = _study(tmp_path, demo_data["mnist"], demo_data["brain"], tiny_segmentation_set) | change
+    raw = tiny_study_factory(tmp_path, demo_data["mnist"], demo_data["brain"], tiny_segmentation_set) | change
     with pytest.raises(ConfigError, match=message) as caught:
         load_pipeline(None, raw=raw)
     assert "\n" not in str(caught.value)
 
 
 def test_bad_stage_configs_are_refused_before_anything_starts(
-    tmp_path: Path, demo_data: dict[str, Path], tiny_segmentation_set: Path
+    tmp_path: Path, demo_data: dict[str, Path], tiny_segmentation_set: Path, tiny_study_factory
 ) -> None:
-    raw = _study(tmp_path, demo_data["mnist"], demo_data["brain"], tiny_segmentation_set)
+    raw = tiny_study_factory(tmp_path, demo_data["mnist"], demo_data["brain"], tiny_segmentation_set)
     raw["downstream"]["finetune"]["epoch"] = 3
     with pytest.raises(ConfigError, match="epoch"):
         load_pipeline(None, raw=raw)
-    raw = _study(tmp_path, demo_data["mnist"], demo_data["brain"], tiny_segmentation_set)
+    raw = tiny_study_factory(tmp_path, demo_data["mnist"], demo_data["brain"], tiny_segmentation_set)
     raw["pretrain"]["pretrain"]["model"] = 5
     with pytest.raises(ConfigError, match="model"):
         load_pipeline(None, raw=raw)
