@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -226,9 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pipeline(pipeline: Any, address: str | None) -> int:
+    import signal
+
     from search.pipeline import Interrupted, run_pipeline
     from search.runtime import ray_session
 
+    # a batch system or `ray job stop` ends a job with SIGTERM: stop like Ctrl+C, which Tune turns
+    # into a saved, resumable experiment, instead of dying mid-snapshot
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         with ray_session(address or pipeline.config.ray_address):
             return run_pipeline(pipeline)

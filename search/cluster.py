@@ -63,10 +63,12 @@ def alive_nodes() -> list[dict[str, Any]]:
     return [node for node in ray.nodes() if node.get("Alive")]
 
 
-def probe_nodes(folder: Path, data_roots: Sequence[str]) -> int:
-    """Every alive node reads a file the driver wrote into ``folder`` and lists every data root.
+def probe_nodes(folder: Path, data_roots: Sequence[str], request: Mapping[str, float] | None = None) -> int:
+    """Every alive node that can hold a trial (``request``; all nodes without one) reads a file the
+    driver wrote into ``folder`` and lists every data root.
 
     Returns the number of nodes probed; raises DataError naming each node and what it cannot see.
+    A head node that runs no trials (``--num-cpus=0``) is not asked for the data.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -76,7 +78,7 @@ def probe_nodes(folder: Path, data_roots: Sequence[str]) -> int:
     probe.write_text(token)
     check = ray.remote(num_cpus=0)(_node_check)
     try:
-        nodes = alive_nodes()
+        nodes = [node for node in alive_nodes() if request is None or _fits(_node_resources(node), request)]
         pending = {
             check.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
@@ -106,6 +108,10 @@ def _node_resources(node: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(amount) for name, amount in node.get("Resources", {}).items()}
 
 
+def _fits(node: Mapping[str, float], request: Mapping[str, float]) -> bool:
+    return all(node.get(name, 0.0) >= amount for name, amount in request.items() if amount)
+
+
 def check_requests(requests: Sequence[TrialRequest], autoscaler: bool = False) -> None:
     """Refuse a trial no alive node can hold (unless an autoscaler may add a node that can)."""
     if autoscaler:
@@ -113,7 +119,7 @@ def check_requests(requests: Sequence[TrialRequest], autoscaler: bool = False) -
     nodes = [_node_resources(node) for node in alive_nodes()]
     for request in requests:
         wanted = {name: amount for name, amount in request.resources.items() if amount}
-        if any(all(node.get(name, 0.0) >= amount for name, amount in wanted.items()) for node in nodes):
+        if any(_fits(node, wanted) for node in nodes):
             continue
         largest = ", ".join(
             "{" + ", ".join(f"{name}: {node.get(name, 0):g}" for name in wanted) + "}" for node in nodes
@@ -132,7 +138,7 @@ def check_cluster(stage: str, folder: Path, data_roots: Sequence[str], settings:
     are placed one by one, so it is one worker (``cpus_per_trial`` and
     ``gpus_per_trial`` are per worker) that must fit a node.
     """
-    if len(alive_nodes()) > 1:  # one node: the driver's own checks already covered it
-        probe_nodes(folder, data_roots)
     request = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial, **settings.custom_resources}
     check_requests([TrialRequest(stage, request)], settings.autoscaler)
+    if len(alive_nodes()) > 1:  # one node: the driver's own checks already covered it
+        probe_nodes(folder, data_roots, request)

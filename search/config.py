@@ -62,6 +62,7 @@ class TuneSettings:
     max_concurrent_trials: Int | None = Field(default=None, ge=1)
     cpus_per_trial: Float = Field(default=1.0, gt=0)
     gpus_per_trial: Float = Field(default=0.0, ge=0)
+    workers_per_trial: Int = Field(default=1, ge=1)
     custom_resources: dict[str, Float] = Field(default_factory=dict)
     autoscaler: Bool = False  # True: a trial no node can hold now waits for a new node
     scheduler: Literal["peak", "fifo"] = "peak"
@@ -142,6 +143,15 @@ class Experiment:
         resolved = self.resolved()
         trial = {section: resolved[section] for section in TRIAL_SECTIONS}
         trial["pretrain"] = {k: v for k, v in resolved["pretrain"].items() if k in self.raw["pretrain"]}
+        settings = self.config.tune
+        if settings.workers_per_trial > 1:  # a data-parallel trial places its workers itself
+            trial.update(
+                workers=settings.workers_per_trial,
+                cpus_per_worker=settings.cpus_per_trial,
+                gpus_per_worker=settings.gpus_per_trial,
+                custom_resources=dict(settings.custom_resources),
+                checkpoints_to_keep=settings.checkpoint_num_to_keep,
+            )
         return trial
 
     @property

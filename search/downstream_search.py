@@ -25,12 +25,15 @@ from search.snapshots import SnapshotBackup
 from search.spaces import build_search_alg
 from trainables.finetune import finetune_trainable
 
+DRIVER_CPU = 0.01
+
 
 def _trainable(experiment: DownstreamExperiment) -> Any:
     settings = experiment.config.tune
     if settings.workers_per_trial > 1:
-        # the trial only drives a TorchTrainer, whose workers ask for the CPUs and GPUs themselves
-        return tune.with_resources(finetune_trainable, {"cpu": 0})
+        # the trial only drives a TorchTrainer, whose workers ask for the CPUs and GPUs themselves;
+        # Tune refuses an empty request, so the driving process holds a token share of a CPU
+        return tune.with_resources(finetune_trainable, {"cpu": DRIVER_CPU})
     return tune.with_resources(
         finetune_trainable,
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},

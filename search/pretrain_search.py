@@ -37,8 +37,15 @@ def score_metric_names(score: ScoreSettings) -> list[str]:
     return names
 
 
+DRIVER_CPU = 0.01
+
+
 def _trainable(experiment: Experiment) -> Any:
     settings = experiment.config.tune
+    if settings.workers_per_trial > 1:
+        # the trial only drives a TorchTrainer, whose workers ask for the CPUs and GPUs themselves;
+        # Tune refuses an empty request, so the driving process holds a token share of a CPU
+        return tune.with_resources(pretrain_trainable, {"cpu": DRIVER_CPU})
     return tune.with_resources(
         pretrain_trainable,
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},

@@ -10,6 +10,8 @@ from typing import Any
 
 import ray
 
+from trainables.errors import MedsegError
+
 
 def use_cluster_token() -> bool:
     """Send the cluster's auth token when this machine has one; True if token mode is on.
@@ -44,7 +46,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address:
         use_cluster_token()
     local: dict[str, Any] = {"num_cpus": num_cpus} if not address else {}
-    ray.init(address=address or "local", logging_level=logging.WARNING, **local)
+    try:
+        ray.init(address=address or "local", logging_level=logging.WARNING, **local)
+    except ConnectionError as exc:
+        raise MedsegError(
+            f"cannot connect to the Ray cluster at {address} ({exc}): check the address, that the "
+            "cluster runs, and, if it uses token authentication, that this machine has its token "
+            "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+        ) from None
     try:
         yield
     finally:

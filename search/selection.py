@@ -60,7 +60,8 @@ class TrialOutcome:
 
 def _checkpoint_folders(trial_dir: Path) -> dict[int, Path]:
     folders = {}
-    for folder in trial_dir.glob("checkpoint_*"):
+    # a data-parallel trial's checkpoints live with its Train run, in train/
+    for folder in [*trial_dir.glob("checkpoint_*"), *trial_dir.glob("train/checkpoint_*")]:
         if (folder / RECORD_FILE).exists():
             folders[int(read_record(folder)["epoch"])] = folder
     return folders

@@ -71,7 +71,7 @@ def describe(path: str | Path) -> str:
     for stage in STAGES:
         info = stages.get(stage, {"status": "pending", "attempts": 0})
         lines.append(f"stage {stage}: {info['status']} (attempts: {info.get('attempts', 0)})")
-        if (path / stage).is_dir():
+        if stage in ("pretrain", "downstream") and (path / stage).is_dir():
             lines += ["  " + line for line in describe_experiment(path / stage)]
     pending = [s for s in STAGES if stages.get(s, {}).get("status") != "done"]
     lines.append(f"{'resume with: medseg-search resume ' + str(path) if pending else 'all stages done'}")

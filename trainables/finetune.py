@@ -24,7 +24,7 @@ def finetune_trainable(config: dict[str, Any]) -> None:
     if trial.workers > 1:
         from trainables.parallel import fit_data_parallel
 
-        fit_data_parallel(trial, config)
+        fit_data_parallel(trial, config, keep=2, keep_by="dice_mean", keep_mode="max")
         return
     run_finetuning(
         trial,

@@ -20,9 +20,25 @@ from trainables.settings import PretrainTrial
 
 
 def pretrain_trainable(config: dict[str, Any]) -> None:
-    """Restore from Tune's checkpoint if there is one, then pretrain and report every epoch."""
+    """Restore from Tune's checkpoint if there is one, then pretrain and report every epoch.
+
+    With ``workers > 1`` the trial trains data-parallel (see :mod:`trainables.parallel`); its
+    checkpoints then live with the Train run, in ``<trial folder>/train/checkpoint_*``.
+    """
+    trial = PretrainTrial.from_mapping(config, source="trial config")
+    if trial.workers > 1:
+        from trainables.parallel import fit_data_parallel
+
+        fit_data_parallel(
+            trial,
+            config,
+            keep=trial.checkpoints_to_keep,
+            keep_by=f"{trial.peak.metric}_smoothed",
+            keep_mode=trial.peak.mode,
+        )
+        return
     run_pretraining(
-        PretrainTrial.from_mapping(config, source="trial config"),
+        trial,
         report=tune_bridge.report,
         restore_state=tune_bridge.restore(load_training_state),
         num_threads=tune_bridge.trial_cpus(),

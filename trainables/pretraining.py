@@ -45,6 +45,7 @@ from trainables.data.classification import (
     seed_epoch,
 )
 from trainables.data.targets import sample_target
+from trainables.distributed import Distribution, unwrap
 from trainables.errors import DataError
 from trainables.loops import LossFn, Precision, evaluate_classifier, train_epoch
 from trainables.models import create_classifier, load_backbone
@@ -54,7 +55,7 @@ from trainables.settings import PretrainTrial, ScoreSettings
 from trainables.transferability import RobustnessProbe
 
 #: report(metrics, checkpoint_dir): called once per epoch; the folder is deleted afterwards.
-Reporter = Callable[[dict[str, Any], Path], None]
+Reporter = Callable[[dict[str, Any], Path | None], None]
 
 #: Metrics that measure time, not results (they differ between identical runs).
 TIMING_METRICS = ("train_images_per_s", "epoch_time_s", "score_time_s")
@@ -82,6 +83,7 @@ class PretrainingRun:
     updates_per_epoch: int
     compute_loss: LossFn
     probes: dict[str, RobustnessProbe]
+    distribution: Distribution = dataclasses.field(default_factory=Distribution)
     num_updates: int = 0
     best_accuracy: tuple[int, float, dict[str, torch.Tensor]] | None = None  # epoch, top-1, weights
 
@@ -92,7 +94,7 @@ class PretrainingRun:
     def state(self, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "epoch": epoch,
-            "model": self.model.state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "num_updates": self.num_updates,
@@ -115,11 +117,11 @@ class PretrainingRun:
         if self.trial.pretrain.keep_best_accuracy and (
             self.best_accuracy is None or top1 > self.best_accuracy[1]
         ):
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(self.model).state_dict().items()}
             self.best_accuracy = (epoch, top1, weights)
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.num_updates = int(state["num_updates"])
@@ -183,8 +185,16 @@ def _loss_function(trial: PretrainTrial, num_classes: int) -> LossFn:
     return mixed_loss
 
 
-def build_run(trial: PretrainTrial, precision: Precision) -> PretrainingRun:
-    """Data, model, optimizer, LR schedule and probes of a trial, seeded by ``pretrain.seed``."""
+def build_run(
+    trial: PretrainTrial, precision: Precision, distribution: Distribution | None = None
+) -> PretrainingRun:
+    """Data, model, optimizer, LR schedule and probes of a trial, seeded by ``pretrain.seed``.
+
+    In a data-parallel trial every worker takes ``micro_batch_size / workers``
+    images of each micro-batch (the optimizer sees the same global batches as
+    a single process) and the model is wrapped for DistributedDataParallel.
+    """
+    distribution = distribution or Distribution()
     settings, data = trial.pretrain, trial.classification
     seed_everything(settings.seed)
     root = Path(data.root)
@@ -203,10 +213,11 @@ def build_run(trial: PretrainTrial, precision: Precision) -> PretrainingRun:
     pin = precision.device.type == "cuda"
     train_loader = make_loader(
         ImageFolderDataset(train_index.samples, train_tf, data.on_bad_image),
-        batch_size=settings.micro_batch_size,
+        batch_size=settings.micro_batch_size // distribution.world,
         train=True,
         num_workers=data.num_workers,
         pin_memory=pin,
+        shard=(distribution.rank, distribution.world),
     )
     val_loader = make_loader(
         ImageFolderDataset(val_index.samples, eval_tf, data.on_bad_image),
@@ -228,7 +239,7 @@ def build_run(trial: PretrainTrial, precision: Precision) -> PretrainingRun:
     model = create_classifier(settings.model, num_classes, settings.drop_path_rate)
     if settings.init_checkpoint:
         load_backbone(model, read_weights(settings.init_checkpoint), settings.init_checkpoint)
-    model = precision.prepare(model)
+    model = distribution.wrap(precision.prepare(model))
     optimizer = create_optimizer_v2(
         model, opt="adamw", lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas
     )
@@ -252,7 +263,9 @@ def build_run(trial: PretrainTrial, precision: Precision) -> PretrainingRun:
         classes=train_index.classes,
         updates_per_epoch=updates_per_epoch,
         compute_loss=_loss_function(trial, num_classes),
-        probes=build_probes(trial.score, mean, std),
+        # only the main worker validates and scores
+        probes=build_probes(trial.score, mean, std) if distribution.is_main else {},
+        distribution=distribution,
     )
 
 
@@ -276,9 +289,15 @@ def run_epoch(run: PretrainingRun, epoch: int) -> dict[str, Any]:
         )
     )
     metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    if run.distribution.world > 1:
+        metrics["train_loss"] = run.distribution.mean(torch.tensor(metrics["train_loss"]))
+    if not run.distribution.is_main:
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        return metrics
+    model = unwrap(run.model)  # no collective calls from here on: the other workers do not evaluate
     metrics.update(
         evaluate_classifier(
-            run.model,
+            model,
             run.val_loader,
             run.precision,
             num_classes=len(run.classes),
@@ -287,7 +306,7 @@ def run_epoch(run: PretrainingRun, epoch: int) -> dict[str, Any]:
     )
     score_started = time.perf_counter()
     for target in score.targets:
-        result = run.probes[target.name].score(run.model, run.precision.device, run.precision.amp_dtype)
+        result = run.probes[target.name].score(model, run.precision.device, run.precision.amp_dtype)
         metrics.update(result.as_metrics(score.metric_names(target)))
     if len(score.targets) > 1:  # the primary target under the unsuffixed names
         primary = score.metric_names(score.primary_target)
@@ -306,10 +325,14 @@ def run_pretraining(
     device: str | None = None,
     num_threads: int | None = None,
     labels: dict[str, Any] | None = None,
+    distribution: Distribution | None = None,
 ) -> None:
     """Pretrain until ``pretrain.epochs``, reporting metrics and a checkpoint every epoch.
 
     Never stops early on its own: stopping is the Tune scheduler's decision.
+    In a data-parallel trial every worker runs this; only the main one
+    validates, scores and checkpoints (the others report their averaged
+    training loss without a checkpoint).
     Every checkpoint folder also holds ``record.json``: the epoch, ``labels``
     (trial id and name), encoder, recipe, the peak rule and its metric, the
     trial's config and the metric history so far.
@@ -318,7 +341,7 @@ def run_pretraining(
         torch.set_num_threads(num_threads)
     settings = trial.pretrain
     precision = Precision.choose(device or settings.device, settings.amp, settings.channels_last)
-    run = build_run(trial, precision)
+    run = build_run(trial, precision, distribution)
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if restore_state is not None:
@@ -334,6 +357,9 @@ def run_pretraining(
     }
     for epoch in range(start_epoch, settings.epochs + 1):
         metrics = run_epoch(run, epoch)
+        if not run.distribution.is_main:
+            report(metrics, None)
+            continue
         metrics.update(peak_metrics(history + [metrics], trial))
         history.append({k: v for k, v in metrics.items() if k not in TIMING_METRICS})
         run.track_best_accuracy(epoch, metrics["val_top1"])

@@ -269,6 +269,21 @@ class PretrainTrial:
     pretrain: PretrainSettings
     score: ScoreSettings
     peak: PeakSettings = Field(default_factory=PeakSettings)
+    # data-parallel trials (Ray Train workers; see trainables.parallel), set from the tune section
+    workers: Int = Field(default=1, ge=1)
+    cpus_per_worker: Float = Field(default=1.0, gt=0)
+    gpus_per_worker: Float = Field(default=0.0, ge=0)
+    custom_resources: dict[str, Float] = Field(default_factory=dict)
+    checkpoints_to_keep: Int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _micro_batch_splits_over_workers(self) -> PretrainTrial:
+        if self.pretrain.micro_batch_size % self.workers:
+            raise ValueError(
+                f"pretrain.micro_batch_size {self.pretrain.micro_batch_size} does not split over "
+                f"{self.workers} data-parallel workers: every worker takes an equal share of each micro-batch"
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_peak_metric(self) -> PretrainTrial:

@@ -23,6 +23,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
+from trainables.distributed import GlobalBatchSampler
 from trainables.errors import DataError
 
 _LAYOUT = "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG"
@@ -167,22 +168,34 @@ def make_loader(
     train: bool,
     num_workers: int,
     pin_memory: bool,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader[Any]:
     """A loader whose order and worker seeds come from ``loader.generator``.
 
     Re-seed the generator at the start of every epoch (``seed_epoch``) and the
     shuffle and augmentation draws of that epoch are the same after a resume.
     Workers are not persistent for that reason: their RNG cannot be checkpointed.
+    ``shard=(rank, world)`` of a data-parallel trial: a training loader yields
+    this worker's ``batch_size`` share of every global batch of ``batch_size *
+    world``, in the order a single process would shuffle.
     """
+    generator = torch.Generator()
+    rank, world = shard
+    sampler = (
+        GlobalBatchSampler(len(dataset), batch_size * world, rank, world, generator)
+        if train and world > 1
+        else None
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train,  # Mixup/CutMix needs even, full batches
         num_workers=num_workers,
         pin_memory=pin_memory,
         collate_fn=collate_skipping_bad,
-        generator=torch.Generator(),
+        generator=generator,
         persistent_workers=False,
     )
 
