@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass as plain_dataclass
@@ -25,7 +24,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass
 
 from search.demo_data import materialise
-from search.spaces import SearchSpace, parse_space
+from search.spaces import SearchSpace, count_trials, parse_space
 from search.storage import check_writable
 from trainables.errors import ConfigError
 from trainables.settings import (
@@ -158,10 +157,7 @@ class Experiment:
     def trial_count(self) -> int:
         """How many trials the search runs (grid: every combination, ``num_samples`` times)."""
         settings = self.config.tune
-        if settings.search == "optuna":
-            return settings.num_samples
-        grids = [len(d.values) for d in self.space.dimensions if d.distribution == "grid"]
-        return len(self.variants) * math.prod(grids) * settings.num_samples
+        return count_trials(settings.search, settings.num_samples, len(self.variants), self.space)
 
     def trial_configs(self) -> list[dict[str, Any]]:
         """One trial config per grid combination (a single one without a grid)."""

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass as plain_dataclass
 from dataclasses import field as plain_field
@@ -28,7 +27,7 @@ from pydantic.dataclasses import dataclass
 
 from search.config import NAME_PATTERN, checked_space, parse_overrides, read_yaml, set_dotted
 from search.demo_data import materialise
-from search.spaces import SearchSpace
+from search.spaces import SearchSpace, count_trials
 from search.storage import check_writable
 from trainables.errors import ConfigError, DataError
 from trainables.finetune_settings import FinetuneSettings, FinetuneTrial, SegmentationData, SourceCheckpoint
@@ -212,10 +211,7 @@ class DownstreamExperiment:
     def trial_count(self) -> int:
         """How many trials the search runs (every combination ``num_samples`` times; Optuna: the samples)."""
         settings = self.config.tune
-        if settings.search == "optuna":
-            return settings.num_samples
-        grids = [len(d.values) for d in self.space.dimensions if d.distribution == "grid"]
-        return len(self.trial_configs()) * math.prod(grids) * settings.num_samples
+        return count_trials(settings.search, settings.num_samples, len(self.trial_configs()), self.space)
 
     def trial_configs(self) -> list[dict[str, Any]]:
         """One trial config per source x mode x seed x grid combination."""

@@ -19,25 +19,15 @@ from ray import tune
 from search.cluster import check_cluster
 from search.config import set_dotted
 from search.downstream_config import DownstreamExperiment, plain
-from search.experiments import run_experiment
+from search.experiments import run_experiment, with_trial_resources
 from search.progress import print_line
 from search.snapshots import SnapshotBackup
 from search.spaces import build_search_alg
 from trainables.finetune import finetune_trainable
 
-DRIVER_CPU = 0.01
-
 
 def _trainable(experiment: DownstreamExperiment) -> Any:
-    settings = experiment.config.tune
-    if settings.workers_per_trial > 1:
-        # the trial only drives a TorchTrainer, whose workers ask for the CPUs and GPUs themselves;
-        # Tune refuses an empty request, so the driving process holds a token share of a CPU
-        return tune.with_resources(finetune_trainable, {"cpu": DRIVER_CPU})
-    return tune.with_resources(
-        finetune_trainable,
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},
-    )
+    return with_trial_resources(finetune_trainable, experiment.config.tune)
 
 
 def _param_space(experiment: DownstreamExperiment) -> dict[str, Any]:

@@ -106,3 +106,21 @@ def run_experiment(
         if result.error is not None:
             errors[Path(result.path).name] = error_line(result.error) or "error"
     return errors
+
+
+DRIVER_CPU = 0.01
+
+
+def with_trial_resources(trainable: Any, settings: Any) -> Any:
+    """``trainable`` with a stage's per-trial resources (its ``tune`` section).
+
+    A data-parallel trial only drives a TorchTrainer, whose workers ask for the
+    CPUs, GPUs and custom resources themselves; Tune refuses an empty request,
+    so the driving process holds a token share of a CPU.
+    """
+    if settings.workers_per_trial > 1:
+        return tune.with_resources(trainable, {"cpu": DRIVER_CPU})
+    return tune.with_resources(
+        trainable,
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},
+    )

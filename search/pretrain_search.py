@@ -17,7 +17,7 @@ from ray import tune
 
 from search.cluster import check_cluster
 from search.config import Experiment, set_dotted
-from search.experiments import run_experiment
+from search.experiments import run_experiment, with_trial_resources
 from search.progress import EpochPrinter, print_line, trial_label
 from search.scheduler import PeakStoppingScheduler, SchedulerStateCallback
 from search.selection import TrialOutcome, trial_outcomes
@@ -37,19 +37,8 @@ def score_metric_names(score: ScoreSettings) -> list[str]:
     return names
 
 
-DRIVER_CPU = 0.01
-
-
 def _trainable(experiment: Experiment) -> Any:
-    settings = experiment.config.tune
-    if settings.workers_per_trial > 1:
-        # the trial only drives a TorchTrainer, whose workers ask for the CPUs and GPUs themselves;
-        # Tune refuses an empty request, so the driving process holds a token share of a CPU
-        return tune.with_resources(pretrain_trainable, {"cpu": DRIVER_CPU})
-    return tune.with_resources(
-        pretrain_trainable,
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, **settings.custom_resources},
-    )
+    return with_trial_resources(pretrain_trainable, experiment.config.tune)
 
 
 def _param_space(experiment: Experiment) -> dict[str, Any]:

@@ -293,3 +293,12 @@ def build_search_alg(
         mode=mode,
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
+
+
+def count_trials(search: SearchKind, num_samples: int, combinations: int, space: SearchSpace) -> int:
+    """How many trials a search runs: Optuna ``num_samples``; otherwise every combination of the
+    enumerated values (``combinations`` times each ``grid`` dimension) ``num_samples`` times."""
+    if search == "optuna":
+        return num_samples
+    grids = [len(d.values) for d in space.dimensions if d.distribution == "grid"]
+    return combinations * math.prod(grids) * num_samples
