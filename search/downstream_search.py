@@ -41,7 +41,7 @@ def _param_space(experiment: DownstreamExperiment) -> dict[str, Any]:
     space["finetune"]["seed"] = tune.grid_search(list(experiment.config.trials.seeds))
     for key, values in settings.grid.items():
         set_dotted(space, key, tune.grid_search(list(values)))
-    for key, domain in experiment.space.ray_domains(settings.seed).items():
+    for key, domain in experiment.space.ray_domains().items():
         set_dotted(space, key, domain)
     return space
 
@@ -101,7 +101,7 @@ def build_tuner(
             ),
             num_samples=settings.num_samples,
             time_budget_s=settings.time_budget_s,
-            max_concurrent_trials=None if settings.search == "random" else settings.max_concurrent_trials,
+            max_concurrent_trials=settings.max_concurrent_trials if settings.search == "optuna" else None,
             trial_name_creator=name,
             trial_dirname_creator=name,
         ),

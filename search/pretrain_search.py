@@ -49,7 +49,7 @@ def _param_space(experiment: Experiment) -> dict[str, Any]:
     for key, values in settings.grid.items():
         set_dotted(space, key, tune.grid_search(list(values)))
     if settings.search != "optuna":
-        for key, domain in experiment.space.ray_domains(settings.seed).items():
+        for key, domain in experiment.space.ray_domains().items():
             set_dotted(space, key, domain)
     return space
 
@@ -98,8 +98,8 @@ def build_tuner(experiment: Experiment, callbacks: list[tune.Callback]) -> tune.
             ),
             num_samples=settings.num_samples,
             time_budget_s=settings.time_budget_s,
-            # a random search's generator holds its own limit; Tune wraps other searchers
-            max_concurrent_trials=None if settings.search == "random" else settings.max_concurrent_trials,
+            # the variant generator holds its own limit; Tune wraps Optuna in a ConcurrencyLimiter
+            max_concurrent_trials=settings.max_concurrent_trials if settings.search == "optuna" else None,
             trial_name_creator=name_trial,
             trial_dirname_creator=name_trial,
         ),

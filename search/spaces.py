@@ -25,8 +25,8 @@ starts.
 
 from __future__ import annotations
 
+import functools
 import math
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -67,7 +67,7 @@ class Dimension:
             return list(self.values)
         return [self.low, self.high]
 
-    def ray_domain(self, seed: int) -> Any:
+    def ray_domain(self) -> Any:
         from ray import tune
 
         domain = {
@@ -79,8 +79,7 @@ class Dimension:
         }[self.distribution]()
         if not self.when:
             return domain
-        # Ray resolves sample_from after the plain domains, so the condition sees their values.
-        return tune.sample_from(ConditionalSample(self, domain, seed))
+        return _conditional_domain_class()(self, domain)
 
     def suggest(self, trial: Any) -> Any:
         """Ask an Optuna trial for this dimension's value."""
@@ -102,9 +101,9 @@ class SearchSpace:
     def keys(self) -> list[str]:
         return [d.key for d in self.dimensions]
 
-    def ray_domains(self, seed: int) -> dict[str, Any]:
-        """Dotted key -> Ray Tune domain (grid, random search)."""
-        return {d.key: d.ray_domain(seed) for d in self.dimensions}
+    def ray_domains(self) -> dict[str, Any]:
+        """Dotted key -> Ray Tune domain (grid, random search; the searcher's ``random_state`` seeds them)."""
+        return {d.key: d.ray_domain() for d in self.dimensions}
 
     def define_by_run(self) -> Callable[[Any], None]:
         """The Optuna define-by-run function: unconditional keys first, then those whose condition holds."""
@@ -123,20 +122,57 @@ class SearchSpace:
         return variants
 
 
-class ConditionalSample:
-    """A Ray ``sample_from`` function: the dimension's sample where its condition holds, else UNSET.
+@functools.cache
+def _conditional_domain_class() -> type:
+    """``ConditionalDomain``: a Ray domain that samples another where a dimension's condition holds.
 
-    A class rather than a closure, because Tune pickles the search state.
+    Built on first use, so that loading a config does not import Ray; reachable as
+    ``search.spaces.ConditionalDomain`` (module ``__getattr__``), so Tune's snapshots
+    pickle it by reference.
     """
+    from ray.tune.search.sample import Domain
+    from ray.tune.search.variant_generator import RecursiveDependencyError
 
-    def __init__(self, dimension: Dimension, domain: Any, seed: int) -> None:
-        self.dimension, self.domain = dimension, domain
-        self.rng = np.random.default_rng([seed, zlib.crc32(dimension.key.encode())])
+    class ConditionalDomain(Domain):
+        """The dimension's sample where its condition holds, else UNSET.
 
-    def __call__(self, spec: Any) -> Any:
-        if not self.dimension.applies(spec.config):
-            return UNSET
-        return _plain_number(self.domain.sample(random_state=self.rng))
+        A :class:`Domain`, not a ``tune.sample_from`` function: Tune resolves
+        sample_from functions per trial, with a generator that starts afresh
+        after a restore (a restored search repeats earlier draws), and names
+        trials after their placeholders. A domain is sampled by the variant
+        generator with the searcher's own random state, which every experiment
+        snapshot saves.
+        """
+
+        def __init__(self, dimension: Dimension, inner: Any) -> None:
+            self.dimension, self.inner = dimension, inner
+
+        def sample(self, config: Any = None, size: int = 1, random_state: Any = None) -> Any:
+            trial_config = config["config"]  # the generator passes the (guarded) experiment spec
+            for key, _ in self.dimension.when:
+                value = _get_dotted(trial_config, key)
+                if isinstance(value, Domain) or (isinstance(value, Mapping) and "grid_search" in value):
+                    # the generator samples that key first, then asks again
+                    raise RecursiveDependencyError(f"{self.dimension.key} waits for {key}")
+            if not self.dimension.applies(trial_config):
+                return UNSET
+            return _plain_number(self.inner.sample(size=size, random_state=random_state))
+
+        def is_valid(self, value: Any) -> bool:
+            return value == UNSET or bool(self.inner.is_valid(value))
+
+        @property
+        def domain_str(self) -> str:
+            return f"{self.inner.domain_str} when {dict(self.dimension.when)}"
+
+    ConditionalDomain.__module__, ConditionalDomain.__qualname__ = __name__, "ConditionalDomain"
+    return ConditionalDomain
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConditionalDomain":
+        return _conditional_domain_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DefineByRun:
@@ -276,10 +312,9 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
 def build_search_alg(
     search: SearchKind, space: SearchSpace, metric: str, mode: str, seed: int, max_concurrent: int | None
 ) -> Any:
-    """The Tune searcher of a stage: None for grid, a seeded BasicVariantGenerator, or OptunaSearch."""
-    if search == "grid":
-        return None
-    if search == "random":
+    """The Tune searcher of a stage: OptunaSearch, or for grid and random a BasicVariantGenerator whose
+    random state (``seed``, saved with every experiment snapshot) draws every sampled dimension."""
+    if search in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)

@@ -67,16 +67,23 @@ CONDITIONAL = {
 
 
 def _resolved(space: dict, seed: int, samples: int) -> list[dict]:
+    """``samples`` draws of ``space`` by Ray's variant generator, as a seeded random search makes them."""
+    import numpy as np
     from ray.tune.search.variant_generator import generate_variants
 
     nested: dict = {}
-    for key, domain in parse_space(space, "random", SECTIONS).ray_domains(seed).items():
+    for key, domain in parse_space(space, "random", SECTIONS).ray_domains().items():
         *parents, leaf = key.split(".")
         node = nested
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = domain
-    return [config for _ in range(samples) for _, config in generate_variants(nested)]
+    random_state = np.random.default_rng(seed)
+    return [
+        spec["config"]
+        for _ in range(samples)
+        for _, spec in generate_variants({"config": nested}, random_state=random_state)
+    ]
 
 
 def test_ray_domains_sample_within_bounds_and_conditions_decide_per_trial() -> None:
@@ -165,16 +172,24 @@ def _trial_dirs(experiment: Path) -> list[Path]:
     return sorted(d for d in experiment.iterdir() if (d / "params.json").exists())
 
 
+def _sampled(trials: list) -> list[tuple]:
+    """The sampled values of each trial, in the order the searcher made the trials."""
+    ordered = sorted(trials, key=lambda t: int(t.trial_id.rsplit("_", 1)[1]))
+    keys = ("recipe", "lr", "drop_path_rate", "warmup_epochs")
+    return [tuple(t.config["pretrain"].get(key) for key in keys) for t in ordered]
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_optuna_search_killed_and_restored_ends_with_exactly_its_samples(
-    tmp_path, make_config, ray_session
+@pytest.mark.parametrize("search", ["optuna", "random"])
+def test_a_search_killed_and_restored_ends_with_exactly_its_samples(
+    tmp_path, make_config, ray_session, search
 ) -> None:
     config = make_config(
-        "optuna",
+        search,
         pretrain__epochs=2,
         tune={
-            "search": "optuna",
+            "search": search,
             "num_samples": 6,
             "seed": 3,
             "max_concurrent_trials": 2,
@@ -182,7 +197,7 @@ def test_optuna_search_killed_and_restored_ends_with_exactly_its_samples(
             "space": CONDITIONAL,
         },
     )
-    experiment = tmp_path / "results" / "optuna"
+    experiment = tmp_path / "results" / search
     driver = subprocess.Popen(
         [sys.executable, "-m", "search", "pretrain", "--config", str(config)],
         cwd=REPO,
@@ -215,5 +230,12 @@ def test_optuna_search_killed_and_restored_ends_with_exactly_its_samples(
     lrs = [t.config["pretrain"]["lr"] for t in analysis.trials]
     assert len(set(lrs)) == 6 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
     for trial in analysis.trials:
-        pretrain = trial.config["pretrain"]
+        pretrain = drop_unset(trial.config)["pretrain"]  # random search marks a key whose condition fails
         assert ("drop_path_rate" in pretrain) == (pretrain["recipe"] == "advanced")
+        assert "__fn_ph" not in trial.trial_id + str(trial.path)  # no Ray placeholder in trial names
+    if search == "random":  # seeded sampling: the restored search drew what an uninterrupted one draws
+        uninterrupted = tmp_path / "uninterrupted.yaml"
+        uninterrupted.write_text(config.read_text())
+        assert main(["pretrain", "--config", str(uninterrupted), "--name", "uninterrupted"]) == 0
+        reference = tune.ExperimentAnalysis(str(tmp_path / "results" / "uninterrupted")).trials
+        assert _sampled(analysis.trials) == _sampled(reference)
