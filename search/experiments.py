@@ -86,8 +86,9 @@ def run_experiment(
     shorten_user_errors()
     if prepare_folder(path, resolved):
         out(f"resuming experiment {path}")
-        if repair_experiment_state(path):
-            out("the last experiment snapshot was cut off by the interruption; using the one before it")
+        repaired = repair_experiment_state(path)
+        if repaired:
+            out(f"the interruption cut off {', '.join(repaired)}; using the last good copy")
         # callbacks (the progress printer, the scheduler's state) come back with tuner.pkl
         tuner = tune.Tuner.restore(
             str(path),

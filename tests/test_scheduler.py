@@ -213,3 +213,27 @@ def test_a_truncated_snapshot_is_replaced_by_the_last_good_copy(tmp_path) -> Non
     assert repair_experiment_state(tmp_path)
     assert json.loads(state.read_text()) == {"trial_data": [1, 2]}
     assert not repair_experiment_state(tmp_path)  # nothing to repair any more
+
+
+def test_a_searcher_state_cut_off_to_nothing_is_replaced_and_one_without_a_copy_is_refused(tmp_path) -> None:
+    """A SIGKILL during Ray's copy of a snapshot left basic-variant-state empty: Tune then logged an
+    error and started every trial afresh. The last good copy goes back instead, or nothing resumes."""
+    from ray import cloudpickle
+
+    from search.snapshots import DamagedSnapshotError, SnapshotBackup, repair_experiment_state
+
+    session = "2026-01-01_00-00-00"
+    state = tmp_path / f"experiment_state-{session}.json"
+    searcher = tmp_path / f"basic-variant-state-{session}.json"
+    state.write_text(json.dumps({"trial_data": []}))
+    searcher.write_bytes(cloudpickle.dumps({"counter": 3}))
+    SnapshotBackup(tmp_path).get_state()
+    searcher.write_bytes(b"")
+    assert repair_experiment_state(tmp_path) == [searcher.name]
+    assert cloudpickle.loads(searcher.read_bytes()) == {"counter": 3}
+
+    newer = tmp_path / "basic-variant-state-2026-01-02_00-00-00.json"  # a newer session, never backed up
+    newer.write_bytes(cloudpickle.dumps({"counter": 5})[:7])
+    with pytest.raises(DamagedSnapshotError, match="cannot be resumed; rerun with --new"):
+        repair_experiment_state(tmp_path)
+    assert newer.exists() and state.exists()  # nothing is deleted
