@@ -17,10 +17,11 @@ none. Local storage paths only.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ray import tune
 
@@ -68,6 +69,10 @@ def _reads_back(path: Path, pattern: str) -> bool:
     return True
 
 
+def _write(data: bytes, stream: IO[bytes]) -> None:
+    stream.write(data)
+
+
 class SnapshotBackup(tune.Callback):
     """Keeps a copy of the newest whole snapshot files of a local experiment folder."""
 
@@ -78,8 +83,7 @@ class SnapshotBackup(tune.Callback):
         for pattern in SNAPSHOT_PATTERNS:
             newest = _newest(Path(self.experiment_dir), pattern)
             if newest is not None and _reads_back(newest, pattern):
-                content = newest.read_bytes()
-                atomic_write(_backup_of(newest), lambda stream, data=content: stream.write(data))
+                atomic_write(_backup_of(newest), functools.partial(_write, newest.read_bytes()))
         return None  # nothing of its own to save
 
 
