@@ -89,6 +89,10 @@ class LocalCluster:
             time.sleep(1)
         pytest.fail(f"the cluster did not reach {count} node(s)")
 
+    def session_pids(self, name: str) -> set[int]:
+        """The processes of node ``name`` (its ``ray start`` session)."""
+        return _session_pids(self.nodes[name].pid)
+
     def kill(self, name: str) -> None:
         """The node dies: its raylet, object store and every worker process on it, at once.
 
@@ -115,16 +119,24 @@ class LocalCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
+def _session_pids(session_id: int) -> set[int]:
+    table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    rows = (tuple(int(field) for field in line.split()) for line in table.splitlines())
+    return {pid for pid, sid in rows if sid == session_id}
+
+
+def _alive(pid: int) -> bool:
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout
+    return bool(state.strip()) and not state.strip().startswith("Z")
+
+
 def _kill_session(session_id: int) -> None:
     """SIGKILL every process of the session ``session_id`` (a node's ``ray start`` and all it started)."""
-    table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    for line in table.splitlines():
-        pid, sid = (int(field) for field in line.split())
-        if sid == session_id:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    for pid in _session_pids(session_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
@@ -204,6 +216,7 @@ def test_a_trial_whose_node_dies_resumes_on_another_from_its_last_checkpoint(
         "node-death",
         storage_path=str(tmp_path / "shared"),
         pretrain__epochs=epochs,
+        pretrain__train_batches_per_epoch=30,  # epochs of seconds: the kill lands mid-trial, not after it
         tune={
             "grid": {"pretrain.recipe": ["simple", "advanced"]},
             "scheduler": "fifo",
@@ -218,7 +231,17 @@ def test_a_trial_whose_node_dies_resumes_on_another_from_its_last_checkpoint(
         assert driver.poll() is None, driver.communicate()[0]
         assert time.monotonic() < deadline, "the trials did not reach epoch 2 in time"
         time.sleep(0.2)
-    cluster.kill("worker-a")  # one trial runs on each worker: one of them loses its node
+    # one trial runs on each worker: the one on worker-a loses its node
+    last_rows = {
+        p.parent.name: json.loads(p.read_text().splitlines()[-1]) for p in experiment.glob("*/result.json")
+    }
+    node_a = cluster.session_pids("worker-a")
+    on_a = {name: row["pid"] for name, row in last_rows.items() if row["pid"] in node_a}
+    assert len(on_a) == 1, (last_rows, node_a, cluster.session_pids("worker-b"))
+    ((victim, victim_pid),) = on_a.items()
+    assert last_rows[victim]["epoch"] < epochs, "the trial finished before its node could be killed"
+    cluster.kill("worker-a")
+    assert not _alive(victim_pid), "the trial on the killed node is still running"
 
     output, _ = driver.communicate(timeout=900)
     assert driver.returncode == 0, output
@@ -227,8 +250,13 @@ def test_a_trial_whose_node_dies_resumes_on_another_from_its_last_checkpoint(
     for trial, reported in rows.items():
         assert sorted(set(reported)) == list(range(1, epochs + 1)), (trial, reported)
         assert len(reported) - epochs <= 1, (trial, reported)  # at most one epoch redone
+    # the dead node's trial went on in a new process, restored from its last checkpoint
+    history = [json.loads(line) for line in (experiment / victim / "result.json").read_text().splitlines()]
+    before = [row["epoch"] for row in history if row["pid"] == victim_pid]
+    after = [row for row in history if row["pid"] != victim_pid]
+    assert after and after[0]["iterations_since_restore"] == 1, (before, after, output)
+    assert after[0]["epoch"] in (before[-1], before[-1] + 1), (before, after[0]["epoch"])
     from ray import tune
 
     trials = tune.ExperimentAnalysis(str(experiment)).trials
     assert {t.status for t in trials} == {"TERMINATED"}
-    assert sum(t.run_metadata.num_failures for t in trials) >= 1, output  # the dead node's trial was retried
