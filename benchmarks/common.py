@@ -199,6 +199,24 @@ def print_section(title: str, body: str) -> None:
     print(f"\n### {title}\n\n{body}\n", flush=True)
 
 
+def run_benchmark(
+    name: str,
+    doc: str,
+    run: Callable[[Options], dict[str, Any]],
+    tables: Callable[[dict[str, Any]], str],
+    title: Callable[[Options], str],
+    argv: Sequence[str] | None,
+) -> dict[str, Any]:
+    """A benchmark module's ``main``: parse the options (described by the first line of ``doc``), run,
+    write ``results/<name>.json`` and print the tables under ``title``."""
+    options = parse_options(doc.splitlines()[0], argv)
+    started = time.perf_counter()
+    result = run(options)
+    write_result(name, options, result, time.perf_counter() - started)
+    print_section(title(options), tables(result))
+    return result
+
+
 def subprocess_env() -> dict[str, str]:
     """The environment for command-line runs: offline, with the repository importable."""
     env = {**os.environ, **OFFLINE_ENV}

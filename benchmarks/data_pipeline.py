@@ -30,7 +30,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Options, Stats, markdown_table, parse_options, print_section, write_result
+from benchmarks.common import (
+    Options,
+    Stats,
+    markdown_table,
+    run_benchmark,
+)
 from benchmarks.images import write_imagenet_like
 
 IMAGE_SIZE, BATCH_SIZE = 224, 64
@@ -136,12 +141,9 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    options = parse_options(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    result = run(options)
-    write_result("data_pipeline", options, result, time.perf_counter() - started)
-    print_section(f"Data pipeline ({options.grid} grid)", tables(result))
-    return result
+    return run_benchmark(
+        "data_pipeline", __doc__ or "", run, tables, lambda o: f"Data pipeline ({o.grid} grid)", argv
+    )
 
 
 if __name__ == "__main__":

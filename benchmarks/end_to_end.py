@@ -39,10 +39,8 @@ from benchmarks.common import (
     Stats,
     demo_data,
     markdown_table,
-    parse_options,
-    print_section,
+    run_benchmark,
     subprocess_env,
-    write_result,
 )
 
 QUICK_OVERRIDES = [
@@ -158,12 +156,9 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    options = parse_options(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    result = run(options)
-    write_result("end_to_end", options, result, time.perf_counter() - started)
-    print_section(f"End to end ({options.grid} grid)", tables(result))
-    return result
+    return run_benchmark(
+        "end_to_end", __doc__ or "", run, tables, lambda o: f"End to end ({o.grid} grid)", argv
+    )
 
 
 if __name__ == "__main__":

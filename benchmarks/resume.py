@@ -45,10 +45,8 @@ from benchmarks.common import (
     Stats,
     demo_data,
     markdown_table,
-    parse_options,
-    print_section,
+    run_benchmark,
     subprocess_env,
-    write_result,
 )
 
 KILL_AT_EPOCH = 2
@@ -227,12 +225,9 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    options = parse_options(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    result = run(options)
-    write_result("resume", options, result, time.perf_counter() - started)
-    print_section(f"Resume after SIGKILL ({options.grid} grid)", tables(result))
-    return result
+    return run_benchmark(
+        "resume", __doc__ or "", run, tables, lambda o: f"Resume after SIGKILL ({o.grid} grid)", argv
+    )
 
 
 if __name__ == "__main__":

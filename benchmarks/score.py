@@ -34,7 +34,6 @@ Run alone: ``python -m benchmarks.score [--full]``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,9 +46,7 @@ from benchmarks.common import (
     demo_data,
     interleaved,
     markdown_table,
-    parse_options,
-    print_section,
-    write_result,
+    run_benchmark,
 )
 from benchmarks.images import photo_batch
 from benchmarks.reference_score import reference_score
@@ -330,12 +327,14 @@ def _duration(seconds: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    options = parse_options(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    result = run(options)
-    write_result("score", options, result, time.perf_counter() - started)
-    print_section(f"Score cost ({options.grid} grid, {options.threads} threads)", tables(result))
-    return result
+    return run_benchmark(
+        "score",
+        __doc__ or "",
+        run,
+        tables,
+        lambda o: f"Score cost ({o.grid} grid, {o.threads} threads)",
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,7 @@ from benchmarks.common import (
     Stats,
     demo_data,
     markdown_table,
-    parse_options,
-    print_section,
-    write_result,
+    run_benchmark,
 )
 
 KEEP = 2  # checkpoints kept, as the demo's checkpoint_num_to_keep
@@ -278,12 +276,14 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    options = parse_options(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    result = run(options)
-    write_result("tune_overhead", options, result, time.perf_counter() - started)
-    print_section(f"Tune overhead ({options.grid} grid, {options.threads} threads)", tables(result))
-    return result
+    return run_benchmark(
+        "tune_overhead",
+        __doc__ or "",
+        run,
+        tables,
+        lambda o: f"Tune overhead ({o.grid} grid, {o.threads} threads)",
+        argv,
+    )
 
 
 if __name__ == "__main__":
