@@ -139,7 +139,7 @@ def tiny_study(storage: Path, mnist: Path, brain: Path, segmentation: Path, name
                 "batch_size": 16,
                 "micro_batch_size": 8,
                 "warmup_epochs": 1,
-                "train_batches_per_epoch": 2,
+                "train_batches_per_epoch": 6,  # epochs of about a second: a signal can land mid-stage
                 "val_batches": 1,
             },
             "score": {"targets": [{"name": "brain", "root": str(brain)}], "n_images": 8, "image_size": 32},
